@@ -1,0 +1,72 @@
+"""`PatternSite`: the one place a layer's dropout state lives.
+
+Layers do not own a random generator or a pattern sequence. They hold a site whose
+pattern is set from outside each step (by `callbacks.PatternCallback`, the benchmark, or
+a user loop). That keeps the sequence a pure function of (seed, site, step), so resume,
+data-parallel ranks and recomputation agree by construction.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ardrop.patterns import DEFAULT_TILE, Pattern, check_rate
+
+SITE_KINDS = ("row", "tile", "bernoulli", "none")
+
+
+class PatternSite(nn.Module):
+    """Dropout state of one site: kind, requested rate, shape limit and current pattern."""
+
+    def __init__(self, kind: str, rate: float, max_dp: int, tile: int = DEFAULT_TILE) -> None:
+        super().__init__()
+        if kind not in SITE_KINDS:
+            raise ValueError(f"dropout kind must be one of {SITE_KINDS}, got {kind!r}")
+        if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+            raise ValueError(f"tile size must be an integer >= 1, got {tile!r}")
+        if isinstance(max_dp, bool) or not isinstance(max_dp, int) or max_dp < 1:
+            raise ValueError(f"max_dp must be an integer >= 1, got {max_dp!r}")
+        self.kind = kind
+        self.rate = check_rate(rate, "dropout rate") if kind != "none" else 0.0
+        self.max_dp = max_dp
+        self.tile = tile
+        self.pattern: Pattern | None = None
+
+    @property
+    def structured(self) -> bool:
+        """True for the approximate (pattern-driven) kinds."""
+        return self.kind in ("row", "tile")
+
+    def set_pattern(self, pattern: Pattern | None) -> None:
+        if pattern is None:
+            self.pattern = None
+            return
+        if not self.structured:
+            raise ValueError(f"a {self.kind!r} dropout site takes no pattern")
+        if pattern.kind != self.kind:
+            raise ValueError(f"this site drops {self.kind}s; got a {pattern.kind} pattern")
+        if pattern.dp > self.max_dp:
+            raise ValueError(
+                f"pattern dp={pattern.dp} exceeds this site's largest usable dp {self.max_dp}; "
+                f"search with max_dp <= {self.max_dp}"
+            )
+        if pattern.kind == "tile" and pattern.tile != self.tile:
+            raise ValueError(f"pattern tile size {pattern.tile} differs from the site's {self.tile}")
+        self.pattern = pattern
+
+    def active_pattern(self) -> Pattern | None:
+        """The pattern to apply now, or None when the layer should run dense.
+
+        Dense when evaluating, for the non-structured kinds, and for ``dp == 1``.
+        """
+        if not self.training or not self.structured:
+            return None
+        if self.pattern is None:
+            raise RuntimeError(
+                f"{self.kind} dropout site has no pattern in training mode: use "
+                "callbacks.PatternCallback, or call site.set_pattern(...) before each step"
+            )
+        return None if self.pattern.dp == 1 else self.pattern
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, rate={self.rate}, max_dp={self.max_dp}, tile={self.tile}, pattern={self.pattern}"
