@@ -58,7 +58,8 @@ class Pattern:
 
     def kept_rows(self, n: int) -> torch.Tensor:
         """Indices ``r`` with ``r % dp == offset``."""
-        self.num_kept_rows(n)
+        if self.num_kept_rows(n) == 0:
+            return torch.empty(0, dtype=torch.long)
         return torch.arange(self.offset, n, self.dp)
 
     def row_mask(self, n: int) -> torch.Tensor:
