@@ -171,3 +171,24 @@ def search(rate: float, max_dp: int = DEFAULT_MAX_DP, method: str = "sgd", **hyp
     if method not in METHODS:
         raise ValueError(f"unknown search method {method!r}; choose one of {sorted(METHODS)}")
     return METHODS[method](rate, max_dp, **hyper)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ardrop.search``: compare both methods' distributions for some rates."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--max-dp", type=int, default=DEFAULT_MAX_DP)
+    args = parser.parse_args(argv)
+    header = "rate  method  achieved    error      entropy  " + " ".join(f"dp={k:<3d}" for k in range(1, args.max_dp + 1))
+    print(header)
+    for rate in args.rates:
+        for method in ("sgd", "maxent"):
+            r = search(rate, args.max_dp, method)
+            probs = " ".join(f"{p:6.3f}" for p in r.probs)
+            print(f"{rate:<5} {method:<7} {r.rate:.6f}  {r.error:+.2e}  {r.entropy:.4f}   {probs}")
+
+
+if __name__ == "__main__":
+    main()
