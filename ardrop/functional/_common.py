@@ -1,0 +1,93 @@
+"""Argument checks and backend dispatch shared by the skip-the-dropped-work ops.
+
+The checks run before any kernel so that a wrong shape or pattern fails with a message
+that names the fix, instead of a BLAS size error deep inside backward.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+BACKENDS = ("auto", "torch")
+
+
+def check_int(name: str, value, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def check_pattern(what: str, dp, offset, size: int) -> int:
+    """Validate one (dp, offset) pair against a dimension of ``size`` units; returns kept count."""
+    check_int(f"{what} dp", dp, 1)
+    check_int(f"{what} offset", offset, 0)
+    if offset >= dp:
+        raise ValueError(f"{what} offset must be in 0..dp-1 = 0..{dp - 1}, got {offset}")
+    kept = len(range(offset, size, dp))
+    if kept == 0:
+        raise ValueError(
+            f"{what} pattern dp={dp} offset={offset} keeps nothing of {size} units; "
+            f"dp must not exceed {size} (the largest usable dp for this width)"
+        )
+    return kept
+
+
+def check_scale(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not (value > 0.0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number (inverted-dropout scale), got {value!r}")
+    return value
+
+
+def check_linear_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        raise ValueError("input and weight must be tensors")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}")
+    if x.dim() < 1:
+        raise ValueError("input must have at least one dimension (features last)")
+    if bias is not None:
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(
+                f"bias must have shape [{weight.shape[0]}] (out_features), got {tuple(bias.shape)}"
+            )
+    for name, t in (("input", x), ("bias", bias)):
+        if t is None:
+            continue
+        if t.dtype != weight.dtype:
+            raise ValueError(f"{name} dtype {t.dtype} differs from weight dtype {weight.dtype}; cast one of them")
+        if t.device != weight.device:
+            raise ValueError(f"{name} is on {t.device} but weight is on {weight.device}; move them together")
+    if not weight.dtype.is_floating_point:
+        raise ValueError(f"weight must be floating point, got {weight.dtype}")
+
+
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def cuda_op(name: str, x: torch.Tensor, backend: str):
+    """The cuda_ext op to use for this call, or None for the torch path.
+
+    Imported lazily: cuda_ext compiles kernels on first use and must never be a hard
+    dependency of the CPU package. ``ARDROP_CUDA_EXT=0`` or ``backend="torch"`` opt out.
+    """
+    if backend == "torch" or not x.is_cuda or os.environ.get("ARDROP_CUDA_EXT", "1") == "0":
+        return None
+    try:
+        from cuda_ext import loader
+    except ImportError:
+        return None
+    if not loader.available():
+        return None
+    from cuda_ext import functions
+
+    return getattr(functions, name)

@@ -1,0 +1,218 @@
+"""Tile-dropped (DropConnect-like) linear layer that multiplies kept tiles only.
+
+Tile ``(i, j)`` is kept iff ``(i + j) % dp == offset``. Grouping tile-rows by residue
+``a = i mod dp`` turns the kept work into ``dp`` dense GEMMs: the rows ``R_a`` (tile-rows
+``i = a (mod dp)``) meet exactly the tile-columns ``C_a`` (``j = offset - a (mod dp)``), so
+
+    y[:, R_a] = scale * x[:, C_a] @ W[R_a][:, C_a].T + b[R_a]
+
+and likewise for both gradients. The kept block of each class is gathered (``1/dp`` of the
+weight) through 4-D tile views whose inner runs are whole tile rows, and scattered back
+the same way into the full-size, otherwise-zero weight gradient. Ragged edge tiles (a
+width that is not a multiple of the tile size) are separate, smaller views of the same
+class, so no padding copy is ever made.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from ardrop.functional._common import (
+    check_backend,
+    check_int,
+    check_linear_args,
+    check_scale,
+    cuda_op,
+)
+from ardrop.patterns import Pattern
+
+
+@lru_cache(maxsize=4096)
+def _segments(n: int, t: int, cls: int, dp: int) -> tuple[int, int, int]:
+    """Kept units of tile class ``cls`` along a dimension of ``n``: (full tiles, ragged edge, total).
+
+    Full tiles are ``cls, cls+dp, ...`` below ``n // t``; the edge is the last, partial tile
+    when it exists and belongs to the class.
+    """
+    full_tiles, rag = divmod(n, t)
+    count = len(range(cls, full_tiles, dp)) if cls < full_tiles else 0
+    edge = rag if rag and full_tiles % dp == cls else 0
+    return count, edge, count * t + edge
+
+
+def _dim_views(m: torch.Tensor, dim: int, t: int, cls: int, dp: int, seg, packed: bool = False):
+    """Views of ``m`` along ``dim`` for one class: ``[full tiles as (k, t) or None, edge or None]``.
+
+    ``packed`` is the compact side, where the class's tiles sit contiguously at the front.
+    """
+    count, edge, _ = seg
+    full = count if packed else m.shape[dim] // t
+    views = [None, None]
+    if count:
+        v = m.narrow(dim, 0, full * t).unflatten(dim, (full, t))
+        if not packed:
+            idx = [slice(None)] * v.dim()
+            idx[dim] = slice(cls, None, dp)
+            v = v[tuple(idx)]
+        views[0] = v
+    if edge:
+        views[1] = m.narrow(dim, full * t, edge)
+    return views
+
+
+def _block_views(m: torch.Tensor, t: int, a: int, c: int, dp: int, rseg, cseg, packed: bool = False):
+    """Matching pieces (full x full, full x edge, edge x full, edge x edge) of a class block."""
+    out = []
+    for rv in _dim_views(m, 0, t, a, dp, rseg, packed):
+        if rv is None:
+            out += [None, None]
+        else:  # a (k, t, cols) full-tile-row view has its columns at dim 2, an edge at dim 1
+            out += _dim_views(rv, rv.dim() - 1, t, c, dp, cseg, packed)
+    return out
+
+
+def _copy_blocks(dst_views, src_views) -> None:
+    for d, s in zip(dst_views, src_views):
+        if d is not None:
+            d.copy_(s)
+
+
+class _TileClass:
+    """One residue class: tile-rows ``a (mod dp)`` meet tile-columns ``c = offset - a (mod dp)``."""
+
+    __slots__ = ("a", "c", "rseg", "cseg")
+
+    def __init__(self, a, c, rseg, cseg):
+        self.a, self.c, self.rseg, self.cseg = a, c, rseg, cseg
+
+
+@lru_cache(maxsize=1024)
+def _classes(out_features: int, in_features: int, t: int, dp: int, offset: int):
+    """(classes with kept tiles, row classes whose rows meet no kept tile at all)."""
+    classes, empty_rows = [], []
+    for a in range(dp):
+        c = (offset - a) % dp
+        rseg = _segments(out_features, t, a, dp)
+        cseg = _segments(in_features, t, c, dp)
+        if rseg[2] and cseg[2]:
+            classes.append(_TileClass(a, c, rseg, cseg))
+        elif rseg[2]:
+            empty_rows.append((a, rseg))
+    return tuple(classes), tuple(empty_rows)
+
+
+def _gather(m: torch.Tensor, t: int, cls: int, dp: int, seg) -> torch.Tensor:
+    """Columns of tile class ``cls`` of a 2-D tensor, packed contiguously."""
+    out = m.new_empty(m.shape[0], seg[2])
+    _copy_blocks(_dim_views(out, 1, t, 0, 1, seg, True), _dim_views(m, 1, t, cls, dp, seg))
+    return out
+
+
+def _scatter(dst: torch.Tensor, src: torch.Tensor, t: int, cls: int, dp: int, seg) -> None:
+    _copy_blocks(_dim_views(dst, 1, t, cls, dp, seg), _dim_views(src, 1, t, 0, 1, seg, True))
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    return torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=alpha)
+
+
+class _TileLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, dp, offset, t, scale, relu):
+        out_features, in_features = weight.shape
+        classes, empty_rows = _classes(out_features, in_features, t, dp, offset)
+        batch = x.shape[0]
+        if not empty_rows:
+            y = x.new_empty(batch, out_features)
+        elif bias is None:
+            y = x.new_zeros(batch, out_features)
+        else:  # rows meeting no kept tile output just the bias (only when dp > tile columns)
+            y = bias.expand(batch, out_features).contiguous()
+        saved = []
+        for k in classes:
+            wk = weight.new_empty(k.rseg[2], k.cseg[2])
+            _copy_blocks(
+                _block_views(wk, t, 0, 0, 1, k.rseg, k.cseg, True),
+                _block_views(weight, t, k.a, k.c, dp, k.rseg, k.cseg),
+            )
+            xc = _gather(x, t, k.c, dp, k.cseg)
+            if bias is not None:
+                yk = torch.addmm(_gather(bias.unsqueeze(0), t, k.a, dp, k.rseg), xc, wk.t(), alpha=scale)
+            else:
+                yk = _mm(xc, wk.t(), scale)
+            _scatter(y, yk, t, k.a, dp, k.rseg)
+            saved += [wk, xc]
+        if relu:
+            y.relu_()
+        ctx.save_for_backward(x, weight, y if relu else None, *saved)
+        ctx.cfg = (dp, offset, t, scale, relu, bias is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, y, *saved = ctx.saved_tensors
+        dp, offset, t, scale, relu, has_bias = ctx.cfg
+        classes, _ = _classes(weight.shape[0], weight.shape[1], t, dp, offset)
+        gz = torch.ops.aten.threshold_backward(grad_y, y, 0) if relu else grad_y
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        # grad_x columns of a class with no kept tile stay zero; zero-fill only then.
+        full_cover = sum(k.cseg[2] for k in classes) == x.shape[1]
+        gx = (x.new_empty(x.shape) if full_cover else x.new_zeros(x.shape)) if need_x else None
+        gw = torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_w else None
+        for n, k in enumerate(classes):
+            wk, xc = saved[2 * n], saved[2 * n + 1]
+            gzk = _gather(gz, t, k.a, dp, k.rseg)
+            if need_x:
+                _scatter(gx, _mm(gzk, wk, scale), t, k.c, dp, k.cseg)
+            if need_w:
+                _copy_blocks(
+                    _block_views(gw, t, k.a, k.c, dp, k.rseg, k.cseg),
+                    _block_views(_mm(gzk.t(), xc, scale), t, 0, 0, 1, k.rseg, k.cseg, True),
+                )
+        gb = gz.sum(0) if has_bias and need_b else None
+        return gx, gw, gb, None, None, None, None, None
+
+
+def tile_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dp: int,
+    offset: int,
+    tile: int = 32,
+    scale: float | None = None,
+    relu: bool = False,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``act(x @ (scale * W * M).T + b)`` with ``M`` the tile mask, multiplying kept tiles only.
+
+    ``scale=None`` uses the pattern's exact inverted-dropout scale ``out*in / kept``.
+    The weight gradient is full-size and exactly zero on dropped tiles.
+    """
+    check_linear_args(x, weight, bias)
+    check_backend(backend)
+    check_int("tile size", tile, 1)
+    out_features, in_features = weight.shape
+    pattern = Pattern("tile", dp, offset, tile)  # validates dp, offset
+    max_dp = Pattern.max_tile_dp(out_features, in_features, tile)
+    if dp > max_dp:
+        raise ValueError(
+            f"tile pattern dp={dp} exceeds {max_dp}, the number of {tile}x{tile} tile diagonals of a "
+            f"{out_features}x{in_features} weight; search with max_dp <= {max_dp}"
+        )
+    scale = pattern.tile_scale(out_features, in_features) if scale is None else check_scale("scale", scale)
+    if x.shape[-1] != in_features:
+        raise ValueError(
+            f"input has {x.shape[-1]} features but the layer expects in_features={in_features} "
+            "(a tile-dropped layer takes a dense input)"
+        )
+    relu = bool(relu)
+    op = cuda_op("tile_linear_cuda", x, backend)
+    if op is not None:
+        return op(x, weight, bias, dp, offset, tile, scale, relu)
+    lead = x.shape[:-1]
+    y = _TileLinear.apply(x.reshape(-1, in_features), weight, bias, dp, offset, tile, scale, relu)
+    return y.reshape(*lead, out_features)
