@@ -1,0 +1,81 @@
+"""`ApproxMLP`: the paper's MNIST MLP with approximate dropout on every hidden layer.
+
+With row patterns the hidden activations stay compact between layers ("compact
+chaining"): hidden layer ``l+1`` multiplies only its kept rows against the kept columns
+that layer ``l`` produced, and the output layer consumes the compact last hidden layer.
+The dropped units are never materialised, so both layers around each site skip work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ardrop.functional import compact_linear, row_dropout_reference
+from ardrop.nn.linear import ApproxLinear, check_layer_backend, check_width
+from ardrop.patterns import DEFAULT_TILE, check_rate
+
+
+def per_site_rates(rates, n_sites: int) -> list[float]:
+    """One float for every site, or exactly one rate per site in site order."""
+    if isinstance(rates, (int, float)) and not isinstance(rates, bool):
+        return [check_rate(rates)] * n_sites
+    if isinstance(rates, Sequence) and not isinstance(rates, str):
+        if len(rates) != n_sites:
+            raise ValueError(f"rates has {len(rates)} entries but the model has {n_sites} dropout sites")
+        return [check_rate(r, f"rates[{i}]") for i, r in enumerate(rates)]
+    raise ValueError(f"rates must be a number or a sequence of {n_sites} numbers, got {rates!r}")
+
+
+class ApproxMLP(nn.Module):
+    """``sizes[0] -> ... -> sizes[-1]`` with ReLU and dropout sites on the hidden layers."""
+
+    def __init__(
+        self,
+        sizes: Sequence[int] = (784, 2048, 2048, 10),
+        kind: str = "row",
+        rates=0.5,
+        tile: int = DEFAULT_TILE,
+        backend: str = "fast",
+    ) -> None:
+        super().__init__()
+        sizes = tuple(sizes)
+        if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+            raise ValueError(f"sizes must be at least two integers >= 1 (input, ..., classes), got {sizes!r}")
+        self.sizes = sizes
+        self.backend = check_layer_backend(backend)
+        n_hidden = len(sizes) - 2
+        rate_list = per_site_rates(rates, n_hidden)
+        self.hidden = nn.ModuleList(
+            ApproxLinear(sizes[l], sizes[l + 1], kind=kind, rate=rate_list[l], tile=tile, relu=True, backend=backend)
+            for l in range(n_hidden)
+        )
+        self.head = nn.Linear(sizes[-2], sizes[-1])
+        self.kind = self.hidden[0].kind if n_hidden else kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() > 2:
+            x = x.flatten(1)  # images [B, 1, 28, 28] -> [B, 784]
+        check_width(x, self.sizes[0], "ApproxMLP")
+        if self.kind == "row" and self.backend == "fast":
+            return self._forward_compact(x)
+        if self.kind == "row":  # reference: dense layers, explicit masks
+            for layer in self.hidden:
+                p = layer.site.active_pattern()
+                h = torch.relu(F.linear(x, layer.weight, layer.bias))
+                x = h if p is None else row_dropout_reference(h, p.dp, p.offset)
+            return self.head(x)
+        for layer in self.hidden:
+            x = layer(x)
+        return self.head(x)
+
+    def _forward_compact(self, x: torch.Tensor) -> torch.Tensor:
+        in_dp, in_off = 1, 0
+        for layer in self.hidden:
+            x, in_dp, in_off = layer.forward_compact(x, in_dp, in_off)
+        if in_dp == 1:
+            return self.head(x)
+        return compact_linear(x, self.head.weight, self.head.bias, 1, 0, in_dp, in_off)
