@@ -1,0 +1,361 @@
+"""``python -m ardrop.bench``: whole training steps, Bernoulli dropout vs approximate dropout.
+
+A step is forward, backward, ``torch.optim.SGD(momentum=0.9).step()`` and ``zero_grad()``,
+because that is what training pays for: skipped GEMMs only matter next to everything
+that is not skipped (the optimizer still updates every weight, gradients are full-size).
+
+Method, and why:
+- The baseline is plain torch (``nn.Linear``/``nn.LSTM`` with ``nn.Dropout``), not our
+  own code, so the comparison is with what a user would otherwise write.
+- Approximate patterns come from the real searched distribution of each site's rate
+  (``ardrop.search.search`` + ``ardrop.sequence.PatternSequence``, one per site). Step
+  times depend on the pattern, so a round is one full sequence period of ``--repeats``
+  steps (the realised dp counts match the distribution), repeated ``--rounds`` times; the
+  estimate is the per-position median over rounds, averaged over the period. That is the
+  mean time per training step, robust to outliers from a noisy machine.
+- Both sides run in the same process, interleaved step by step (AB, BA, AB, ...), after
+  warm-up, under the same glibc allocator settings: without raised
+  ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` every buffer of 32 MB or more is
+  returned to the OS each step and page-faulted back, which taxes the two sides unequally.
+  The command re-executes itself with both set when they are missing.
+- ``--optimizers sgd,fused`` adds an opt-in column where *both* sides use torch's fused
+  SGD (``fused=True``); the ``sgd`` (for-each-parameter) measurement is always the primary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
+MNIST_IN, MNIST_CLASSES = 784, 10
+NAMED_MLPS = {"mlp2048": (2048, 2048), "mlp4096": (4096, 4096)}
+
+
+# ---- models -------------------------------------------------------------------------
+class TorchLSTMLM(nn.Module):
+    """The Bernoulli baseline: Zaremba et al.'s LM in stock torch (one multi-layer nn.LSTM)."""
+
+    def __init__(self, vocab: int, hidden: int, layers: int, rate: float) -> None:
+        super().__init__()
+        self.encoder = nn.Embedding(vocab, hidden)
+        self.drop = nn.Dropout(rate)
+        self.lstm = nn.LSTM(hidden, hidden, layers, dropout=rate if layers > 1 else 0.0)
+        self.decoder = nn.Linear(hidden, vocab)
+
+    def forward(self, tokens):
+        out, state = self.lstm(self.drop(self.encoder(tokens)))
+        return self.decoder(self.drop(out)), state
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    family: str  # "mlp" | "lstm"
+    sizes: tuple = ()
+    layers: int = 0
+    hidden: int = 0
+    vocab: int = 0
+    seq_len: int = 0
+    batch: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def parse_model(name: str, args) -> ModelSpec:
+    if name in NAMED_MLPS:
+        hidden = NAMED_MLPS[name]
+    elif m := re.fullmatch(r"mlp(\d+(?:x\d+)*)", name):
+        hidden = tuple(int(v) for v in m.group(1).split("x"))
+    elif m := re.fullmatch(r"lstm(\d+)", name):
+        return ModelSpec(name, "lstm", layers=int(m.group(1)), hidden=args.lstm_hidden, vocab=args.vocab,
+                         seq_len=args.seq_len, batch=args.lstm_batch)
+    else:
+        raise ValueError(
+            f"unknown model {name!r}: use mlp2048, mlp4096, mlpAxB (hidden sizes, e.g. mlp1024x64) or lstmL (e.g. lstm2)"
+        )
+    if len(hidden) == 1:
+        hidden = hidden * 2
+    return ModelSpec(name, "mlp", sizes=(MNIST_IN, *hidden, MNIST_CLASSES), batch=args.batch_size)
+
+
+def build_pair(spec: ModelSpec, kind: str, rate: float, tile: int):
+    """(baseline, approximate) models with the same initial weights where layouts agree."""
+    from ardrop.nn import ApproxLSTMLM, ApproxMLP
+
+    torch.manual_seed(0)
+    if spec.family == "mlp":
+        layers: list[nn.Module] = []
+        for k in range(len(spec.sizes) - 1):
+            layers.append(nn.Linear(spec.sizes[k], spec.sizes[k + 1]))
+            if k < len(spec.sizes) - 2:
+                layers += [nn.ReLU(), nn.Dropout(rate)]
+        return nn.Sequential(*layers), ApproxMLP(spec.sizes, kind=kind, rates=rate, tile=tile)
+    base = TorchLSTMLM(spec.vocab, spec.hidden, spec.layers, rate)
+    approx = ApproxLSTMLM(spec.vocab, spec.hidden, spec.layers, kind=kind, rates=rate, tile=tile)
+    return base, approx
+
+
+def make_batch(spec: ModelSpec, gen: torch.Generator):
+    if spec.family == "mlp":
+        return torch.randn(spec.batch, spec.sizes[0], generator=gen), torch.randint(
+            0, spec.sizes[-1], (spec.batch,), generator=gen
+        )
+    shape = (spec.seq_len, spec.batch)
+    return torch.randint(0, spec.vocab, shape, generator=gen), torch.randint(0, spec.vocab, shape, generator=gen)
+
+
+def make_step(model: nn.Module, spec: ModelSpec, batch, fused: bool):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True if fused else None)
+    x, target = batch
+    model.train()
+
+    def step():
+        out = model(x)
+        if spec.family == "lstm":
+            out = out[0].reshape(-1, spec.vocab)
+        F.cross_entropy(out, target.reshape(-1)).backward()
+        opt.step()
+        opt.zero_grad()
+
+    return step
+
+
+# ---- patterns and the FLOP ideal ------------------------------------------------------
+def structured_sites(model: nn.Module):
+    from ardrop.nn import PatternSite
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PatternSite) and m.structured]
+
+
+def site_sequences(model, rate, steps, args):
+    """One searched distribution and one pattern sequence per site (SPEC section 1)."""
+    from ardrop.search import search
+    from ardrop.sequence import PatternSequence
+
+    seqs, searches = [], {}
+    for name, site in structured_sites(model):
+        max_dp = min(args.max_dp, site.max_dp)
+        res = search(rate, max_dp, method=args.method)
+        searches[name] = {**res.as_dict(), "max_dp": max_dp}
+        seqs.append((site, PatternSequence(res.probs, steps, seed=args.seed, site=name, kind=site.kind, tile=site.tile)))
+    return seqs, searches
+
+
+def gemm_flops(spec: ModelSpec, kind: str, patterns, tile: int) -> float:
+    """GEMM FLOPs of one training step (forward, grad-input where needed, grad-weight).
+
+    ``patterns`` holds one Pattern (or None = dense) per site in site order.
+    """
+    from ardrop.patterns import Pattern
+
+    def kept_fraction(p, rows, cols, dropped_dim):
+        if p is None or p.dp == 1:
+            return 1.0
+        if p.kind == "row":
+            return p.num_kept_rows(dropped_dim) / dropped_dim
+        return p.num_kept_weights(rows, cols) / (rows * cols)
+
+    if spec.family == "mlp":
+        s, b = spec.sizes, spec.batch
+        total = 0.0
+        kept = [s[0]] + [
+            (Pattern.num_kept_rows(p, s[k + 1]) if (kind == "row" and p is not None and p.dp > 1) else s[k + 1])
+            for k, p in enumerate(patterns)
+        ] + [s[-1]]
+        for k in range(len(s) - 1):
+            gemms = 2 if k == 0 else 3  # the first layer needs no input gradient
+            if kind == "tile" and k < len(patterns):
+                work = s[k] * s[k + 1] * kept_fraction(patterns[k], s[k + 1], s[k], None)
+            else:
+                work = kept[k] * kept[k + 1]
+            total += 2.0 * b * work * gemms
+        return total
+    n, h, v = spec.seq_len * spec.batch, spec.hidden, spec.vocab
+    total = 0.0
+    for k in range(spec.layers):
+        f = kept_fraction(patterns[k], 4 * h, h, h) if patterns else 1.0
+        total += 2.0 * n * 4 * h * h * (f + 1.0) * 3  # W_ih on kept inputs, W_hh untouched
+    f = kept_fraction(patterns[spec.layers], v, h, h) if patterns else 1.0
+    return total + 2.0 * n * v * h * f * 3
+
+
+# ---- timing --------------------------------------------------------------------------
+def time_pair(base_step, approx_step, set_step, steps, rounds, warmup):
+    """Interleaved timings: ``t[side][round][position]`` in seconds."""
+    for w in range(warmup):
+        set_step(w % steps)
+        approx_step()
+        base_step()
+    times = {"base": [], "approx": []}
+    for _ in range(rounds):
+        row = {"base": [], "approx": []}
+        for s in range(steps):
+            set_step(s)
+            order = (("base", base_step), ("approx", approx_step))
+            for side, fn in order if s % 2 == 0 else order[::-1]:
+                t0 = time.perf_counter()
+                fn()
+                row[side].append(time.perf_counter() - t0)
+        for side in times:
+            times[side].append(row[side])
+    return times
+
+
+def summarize(per_round):
+    """(robust mean per step, plain median) in ms."""
+    per_pos = [statistics.median(col) for col in zip(*per_round)]
+    flat = [t for r in per_round for t in r]
+    return 1e3 * sum(per_pos) / len(per_pos), 1e3 * statistics.median(flat)
+
+
+def bench_one(spec, kind, rate, optimizer, args):
+    base, approx = build_pair(spec, kind, rate, args.tile)
+    steps = args.repeats
+    seqs, searches = site_sequences(approx, rate, steps, args)
+
+    def set_step(s):
+        for site, seq in seqs:
+            site.set_pattern(seq[s])
+
+    gen = torch.Generator().manual_seed(args.seed)
+    batch = make_batch(spec, gen)
+    fused = optimizer == "fused"
+    times = time_pair(make_step(base, spec, batch, fused), make_step(approx, spec, batch, fused), set_step,
+                      steps, args.rounds, args.warmup)
+    base_mean, base_med = summarize(times["base"])
+    approx_mean, approx_med = summarize(times["approx"])
+    dense = gemm_flops(spec, kind, [None] * len(seqs), args.tile)
+    approx_flops = statistics.fmean(gemm_flops(spec, kind, [seq[s] for _, seq in seqs], args.tile) for s in range(steps))
+    realised = {
+        name: 1.0 - statistics.fmean(1.0 / seq[s].dp for s in range(steps))
+        for (name, _), (_, seq) in zip(structured_sites(approx), seqs)
+    }
+    return {
+        "model": spec.name, "kind": kind, "rate": rate, "optimizer": optimizer,
+        "batch": spec.batch, "sizes": list(spec.sizes) if spec.family == "mlp" else None,
+        "base_ms": base_mean, "approx_ms": approx_mean, "speedup": base_mean / approx_mean,
+        "base_median_ms": base_med, "approx_median_ms": approx_med, "speedup_median": base_med / approx_med,
+        "ideal_flop_ratio": dense / approx_flops,
+        "realised_rate": realised, "search": searches,
+        "base_times_s": times["base"], "approx_times_s": times["approx"],
+    }
+
+
+# ---- command line --------------------------------------------------------------------
+def csv(cast):
+    return lambda s: [cast(v) for v in s.split(",") if v]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ardrop.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--models", type=csv(str), default=["mlp2048", "mlp4096"],
+                   help="mlp2048, mlp4096, mlp1024x64, mlp1024x1024, mlpAxB, lstm2, lstm3 (comma separated)")
+    p.add_argument("--rates", type=csv(float), default=[0.5, 0.7])
+    p.add_argument("--kinds", type=csv(str), default=["row", "tile"])
+    p.add_argument("--batch-size", type=int, default=128, help="MLP batch size")
+    p.add_argument("--repeats", type=int, default=24, help="timed steps per round (one pattern-sequence period)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over the period; per-position median")
+    p.add_argument("--warmup", type=int, default=8)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--max-dp", type=int, default=8, help="largest pattern N searched per site (capped by shape)")
+    p.add_argument("--method", choices=("sgd", "maxent"), default="sgd", help="pattern-distribution search")
+    p.add_argument("--tile", type=int, default=32)
+    p.add_argument("--optimizers", type=csv(str), default=["sgd"],
+                   help="sgd (torch.optim.SGD, primary) and/or fused (opt-in: fused=True on both sides)")
+    p.add_argument("--lstm-hidden", type=int, default=1000)
+    p.add_argument("--vocab", type=int, default=10000)
+    p.add_argument("--seq-len", type=int, default=35)
+    p.add_argument("--lstm-batch", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="output path (default outputs/bench/bench-<time>.json)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--no-reexec", action="store_true", help="do not re-run with the allocator settings")
+    return p
+
+
+def validate(args) -> None:
+    for k in args.kinds:
+        if k not in ("row", "tile"):
+            raise ValueError(f"--kinds takes row and/or tile, got {k!r}")
+    for o in args.optimizers:
+        if o not in ("sgd", "fused"):
+            raise ValueError(f"--optimizers takes sgd and/or fused, got {o!r}")
+    for name, v in (("--repeats", args.repeats), ("--rounds", args.rounds), ("--batch-size", args.batch_size),
+                    ("--max-dp", args.max_dp)):
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
+
+
+def ensure_allocator_env(args, argv) -> None:
+    missing = [k for k, v in ALLOC_ENV.items() if os.environ.get(k) is None]
+    if not missing:
+        return
+    if args.no_reexec:
+        print(f"warning: {', '.join(missing)} unset; large buffers are returned to the OS every step, "
+              "timings are distorted", file=sys.stderr)
+        return
+    env = {**os.environ, **{k: ALLOC_ENV[k] for k in missing}}
+    os.execve(sys.executable, [sys.executable, "-m", "ardrop.bench", *argv], env)
+
+
+def print_table(rows) -> None:
+    head = f"{'model':<14}{'kind':<6}{'rate':>5}{'optim':>7}{'bern ms':>10}{'approx ms':>11}{'speedup':>9}{'(median)':>10}{'ideal':>8}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['model']:<14}{r['kind']:<6}{r['rate']:>5.2f}{r['optimizer']:>7}{r['base_ms']:>10.2f}"
+              f"{r['approx_ms']:>11.2f}{r['speedup']:>8.2f}x{r['speedup_median']:>9.2f}x{r['ideal_flop_ratio']:>7.2f}x")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    validate(args)
+    if args.device == "cuda":
+        from cuda_ext.bench_gpu import run_gpu_bench
+
+        return run_gpu_bench(args)
+    ensure_allocator_env(args, argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = [parse_model(m, args) for m in args.models]
+    rows = []
+    for spec in specs:
+        for kind in args.kinds:
+            for rate in args.rates:
+                for optimizer in args.optimizers:
+                    rows.append(bench_one(spec, kind, rate, optimizer, args))
+                    r = rows[-1]
+                    print(f"# {spec.name} {kind} {rate} {optimizer}: {r['base_ms']:.2f} -> {r['approx_ms']:.2f} ms "
+                          f"(x{r['speedup']:.2f}, ideal x{r['ideal_flop_ratio']:.2f})", flush=True)
+    print_table(rows)
+    result = {
+        "config": {**vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "allocator_env": {k: os.environ.get(k) for k in ALLOC_ENV}},
+        "results": rows,
+    }
+    path = args.json or os.path.join("outputs", "bench", time.strftime("bench-%Y%m%d-%H%M%S.json"))
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as err:
+        sys.exit(f"error: {err}")
