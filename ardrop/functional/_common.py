@@ -26,13 +26,12 @@ def check_pattern(what: str, dp, offset, size: int) -> int:
     check_int(f"{what} offset", offset, 0)
     if offset >= dp:
         raise ValueError(f"{what} offset must be in 0..dp-1 = 0..{dp - 1}, got {offset}")
-    kept = len(range(offset, size, dp))
-    if kept == 0:
+    if dp > size:
         raise ValueError(
-            f"{what} pattern dp={dp} offset={offset} keeps nothing of {size} units; "
-            f"dp must not exceed {size} (the largest usable dp for this width)"
+            f"{what} pattern dp={dp} exceeds the {size} units it drops from; the largest usable dp "
+            f"is {size} (larger ones leave some offsets with nothing kept): search with max_dp <= {size}"
         )
-    return kept
+    return len(range(offset, size, dp))
 
 
 def check_scale(name: str, value) -> float:
