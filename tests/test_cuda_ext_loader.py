@@ -1,0 +1,163 @@
+"""CPU-side behaviour of the cuda_ext loader: when it builds, how it fails, how to opt out."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from cuda_ext import loader
+
+
+@pytest.fixture(autouse=True)
+def fresh_state(monkeypatch, tmp_path):
+    monkeypatch.delenv("ARDROP_CUDA_EXT", raising=False)
+    monkeypatch.setenv("ARDROP_CUDA_CACHE", str(tmp_path / "cache"))
+    loader._reset_for_tests()
+    yield
+    loader._reset_for_tests()
+
+
+@pytest.fixture
+def no_build(monkeypatch):
+    """Fail the test if anything tries to compile."""
+    from torch.utils import cpp_extension
+
+    def boom(*a, **k):
+        raise AssertionError("a build was attempted")
+
+    monkeypatch.setattr(cpp_extension, "load", boom)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Pretend CUDA and a toolkit exist, so the loader goes as far as building."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/usr/local/cuda")
+
+
+@pytest.fixture(scope="module")
+def emulated_module(tmp_path_factory):
+    from cuda_ext.emulation import build_emulated
+
+    try:
+        build_dir = loader.cache_root() / f"emulated-{loader.source_hash()}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        build_dir = tmp_path_factory.mktemp("emu")
+    return build_emulated(build_dir)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_never_attempted_without_cuda(no_build):
+    assert loader.available() is False
+    reason = loader.unavailable_reason()
+    assert "CUDA is not available" in reason and "torch.cuda.is_available()" in reason
+    with pytest.raises(loader.CudaExtUnavailable, match="CUDA is not available"):
+        loader.load()
+    assert loader.status()["available"] is False
+    assert loader.main(["--quiet"]) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_public_ops_explain_missing_cuda(no_build):
+    import cuda_ext
+
+    x, w = torch.randn(2, 4), torch.randn(3, 4)
+    with pytest.raises(cuda_ext.CudaExtUnavailable, match="CUDA is not available"):
+        cuda_ext.compact_linear_cuda(x, w, None, 1, 0, 1, 0)
+    with pytest.raises(cuda_ext.CudaExtUnavailable, match="CUDA is not available"):
+        cuda_ext.tile_linear_cuda(x, w, None, 1, 0, 32, 1.0)
+
+
+@pytest.mark.parametrize("value", ["0", "off", "False", " no "])
+def test_env_opt_out_wins_even_with_cuda(monkeypatch, no_build, fake_cuda, value):
+    monkeypatch.setenv("ARDROP_CUDA_EXT", value)
+    assert loader.env_mode() == "off"
+    assert loader.available() is False
+    assert "ARDROP_CUDA_EXT=0" in loader.unavailable_reason()
+
+
+def test_env_value_is_validated(monkeypatch):
+    monkeypatch.setenv("ARDROP_CUDA_EXT", "maybe")
+    with pytest.raises(ValueError, match="ARDROP_CUDA_EXT='maybe' is not understood.*require"):
+        loader.env_mode()
+    for value, mode in [("1", "auto"), ("auto", "auto"), ("", "auto"), ("REQUIRE", "require")]:
+        monkeypatch.setenv("ARDROP_CUDA_EXT", value)
+        assert loader.env_mode() == mode
+
+
+def test_missing_toolkit_is_reported(monkeypatch, no_build):
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    assert loader.available() is False
+    assert "CUDA_HOME" in loader.unavailable_reason()
+
+
+def test_build_failure_warns_once_with_clear_text(monkeypatch, fake_cuda):
+    calls = []
+
+    def failing_build(verbose):
+        calls.append(verbose)
+        raise RuntimeError("Error building extension 'ardrop_cuda_ext': nvcc fatal: bad arch")
+
+    monkeypatch.setattr(loader, "_build", failing_build)
+    with pytest.warns(RuntimeWarning) as record:
+        assert loader.available() is False
+    text = str(record[0].message)
+    assert "building the ardrop CUDA extension failed" in text
+    assert "nvcc fatal: bad arch" in text
+    assert str(loader.build_directory()) in text
+    assert "torch GPU path" in text and "ARDROP_CUDA_EXT=0" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning, no second build
+        assert loader.available() is False
+    assert len(calls) == 1
+    with pytest.raises(loader.CudaExtUnavailable, match="nvcc fatal"):
+        loader.load()
+
+
+def test_require_mode_raises(monkeypatch, fake_cuda):
+    monkeypatch.setenv("ARDROP_CUDA_EXT", "require")
+
+    def failing_build(verbose):
+        raise OSError("ninja not found")
+
+    monkeypatch.setattr(loader, "_build", failing_build)
+    with pytest.raises(loader.CudaExtUnavailable, match="ninja not found"):
+        loader.available()
+
+
+def test_cache_directory_is_keyed(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARDROP_CUDA_CACHE", str(tmp_path / "c"))
+    d = loader.build_directory()
+    assert d.parent == tmp_path / "c"
+    assert loader.source_hash() in d.name and "torch" in d.name
+    monkeypatch.delenv("ARDROP_CUDA_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert loader.cache_root() == tmp_path / "xdg" / "ardrop" / "cuda_ext"
+
+
+def test_built_module_must_pass_self_check(monkeypatch, fake_cuda, emulated_module):
+    """A correct module is accepted; a subtly wrong one is refused with a clear reason."""
+    monkeypatch.setattr(loader, "_build", lambda verbose: emulated_module)
+    assert loader.available() is True
+    assert loader.load() is emulated_module
+
+    class Wrong:
+        emulated = True
+
+        def __getattr__(self, name):
+            return getattr(emulated_module, name)
+
+        def tile_forward(self, *args):
+            return emulated_module.tile_forward(*args) * 1.001
+
+    loader._reset_for_tests()
+    monkeypatch.setattr(loader, "_build", lambda verbose: Wrong())
+    with pytest.warns(RuntimeWarning, match="failed its self-check.*tile forward"):
+        assert loader.available() is False
