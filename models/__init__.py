@@ -1,0 +1,5 @@
+"""LightningModules built on the ardrop layers: MLP classifier (MNIST) and LSTM LM (PTB)."""
+from models.lstm import LSTMLanguageModel
+from models.mlp import MLPClassifier
+
+__all__ = ["MLPClassifier", "LSTMLanguageModel"]

@@ -1,0 +1,110 @@
+"""Word-level LSTM language model (paper Table 2) with dropout on non-recurrent connections.
+
+The recurrent state is carried across consecutive BPTT windows (detached), which is what
+the column layout of `datamodules.PTBDataModule` is for; it is reset at every epoch start.
+"""
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils._pytree import tree_map
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import Perplexity
+
+from ardrop.nn import ApproxLSTMLM
+from models.common import check_rates, make_schedule, make_sgd, plain
+from models.mlp import locals_hparams
+
+
+def _detach(state):
+    return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, state)
+
+
+class LSTMLanguageModel(pl.LightningModule):
+    """Defaults follow Zaremba et al. 2014 (medium): plain SGD lr 1.0, no momentum,
+    lr / 1.2 per epoch from epoch 6, gradient norm clipped at 5 (`trainer.gradient_clip_val`,
+    set by the lstm model configs)."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int = 1000,
+        num_layers: int = 2,
+        kind: str = "row",
+        rates: float | tuple[float, ...] = 0.5,
+        tile: int = 32,
+        tie_weights: bool = False,
+        backend: str = "fast",
+        lr: float = 1.0,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        schedule: str = "step",
+        decay: float = 1 / 1.2,
+        decay_start: int = 6,
+    ):
+        super().__init__()
+        rates = check_rates(rates, num_layers + 1)
+        self.save_hyperparameters({**locals_hparams(locals()), "rates": rates})
+        self.net = ApproxLSTMLM(vocab_size, hidden_size=hidden_size, num_layers=num_layers, kind=kind,
+                                rates=rates, tile=tile, tie_weights=tie_weights, backend=backend)
+        self.val_ppl, self.test_ppl = Perplexity(), Perplexity()
+        acc = dict(num_classes=vocab_size, average="micro")
+        self.val_acc, self.test_acc = MulticlassAccuracy(**acc), MulticlassAccuracy(**acc)
+        self._state = {}
+
+    def forward(self, tokens: torch.Tensor, state=None):
+        return self.net(tokens, state)
+
+    @staticmethod
+    def samples_in(batch) -> int:
+        """Throughput is counted in tokens."""
+        return int(batch[0].numel())
+
+    def _run(self, batch, stage: str):
+        x, y = batch
+        logits, state = self(x, self._state.get(stage))
+        self._state[stage] = _detach(state)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        return logits, y, loss
+
+    def on_train_epoch_start(self):
+        self._state.pop("train", None)
+
+    def on_validation_epoch_start(self):
+        self._state.pop("val", None)
+
+    def on_test_epoch_start(self):
+        self._state.pop("test", None)
+
+    def training_step(self, batch, batch_idx):
+        _, y, loss = self._run(batch, "train")
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.numel())
+        self.log("train_ppl", math.exp(min(loss.item(), 50.0)), on_step=True, on_epoch=False, batch_size=y.numel())
+        return loss
+
+    def _eval(self, batch, stage: str, ppl, acc):
+        logits, y, loss = self._run(batch, stage)
+        # Perplexity wants [batch, seq, vocab]; token order does not matter for the mean NLL.
+        ppl(logits.detach().float(), y)
+        acc(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        n = y.numel()
+        self.log(f"{stage}_loss", loss, on_epoch=True, batch_size=n)
+        self.log(f"{stage}_ppl", ppl, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log(f"{stage}_acc", acc, on_epoch=True, prog_bar=True, batch_size=n)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval(batch, "val", self.val_ppl, self.val_acc)
+
+    def test_step(self, batch, batch_idx):
+        self._eval(batch, "test", self.test_ppl, self.test_acc)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = make_sgd(self.parameters(), h.lr, h.momentum, h.weight_decay, h.nesterov)
+        sched = make_schedule(opt, h.schedule, decay=h.decay, decay_start=h.decay_start,
+                              total_steps=self.trainer.estimated_stepping_batches)
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}

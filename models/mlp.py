@@ -1,0 +1,78 @@
+"""MNIST MLP classifier (paper Table 1): 784 -> h1 -> h2 -> 10, dropout on the hidden layers."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from ardrop.nn import ApproxMLP
+from models.common import check_rates, make_schedule, make_sgd, plain
+
+
+class MLPClassifier(pl.LightningModule):
+    """Defaults follow Caffe's MNIST solver, the paper's set-up: SGD lr 0.01, momentum 0.9,
+    weight decay 5e-4, the `inv` policy (gamma 1e-4, power 0.75)."""
+
+    def __init__(
+        self,
+        hidden: tuple[int, ...] = (1024, 1024),
+        in_features: int = 784,
+        num_classes: int = 10,
+        kind: str = "row",
+        rates: float | tuple[float, ...] = 0.5,
+        tile: int = 32,
+        backend: str = "fast",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        nesterov: bool = False,
+        schedule: str = "inv",
+        gamma: float = 1e-4,
+        power: float = 0.75,
+    ):
+        super().__init__()
+        hidden = tuple(plain(hidden))
+        rates = check_rates(rates, len(hidden))
+        self.save_hyperparameters({**locals_hparams(locals()), "hidden": list(hidden), "rates": rates})
+        self.net = ApproxMLP(sizes=(in_features, *hidden, num_classes), kind=kind, rates=rates, tile=tile, backend=backend)
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1))
+
+    @staticmethod
+    def samples_in(batch) -> int:
+        return int(batch[0].shape[0])
+
+    def _step(self, batch, metric, stage: str):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        metric(logits, y)
+        on_step = stage == "train"
+        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, self.train_acc, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, self.val_acc, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, self.test_acc, "test")
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = make_sgd(self.parameters(), h.lr, h.momentum, h.weight_decay, h.nesterov)
+        sched = make_schedule(opt, h.schedule, gamma=h.gamma, power=h.power,
+                              total_steps=self.trainer.estimated_stepping_batches)
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
+
+
+def locals_hparams(loc: dict) -> dict:
+    return {k: plain(v) for k, v in loc.items() if k not in ("self", "__class__")}
