@@ -64,10 +64,10 @@ def _prepare(op: str, ext: Any, x: Any, weight: Any, bias: Any):
             raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if bias is not None and not isinstance(bias, torch.Tensor):
         raise ValueError(f"{op}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
-    if x.dim() != 2 or weight.dim() != 2:
+    if x.dim() < 1 or weight.dim() != 2:
         raise ValueError(
-            f"{op}: x must be [batch, features] and weight [out, in]; got x {tuple(x.shape)}, "
-            f"weight {tuple(weight.shape)} (flatten leading dims first)"
+            f"{op}: x must be [..., features] and weight [out, in]; got x {tuple(x.shape)}, "
+            f"weight {tuple(weight.shape)}"
         )
     emulated = bool(getattr(ext, "emulated", False))
     tensors = [("x", x), ("weight", weight)] + ([("bias", bias)] if bias is not None else [])
@@ -169,33 +169,55 @@ def compact_linear_with(ext, x, weight, bias, out_dp, out_offset, in_dp, in_offs
             f"use a pattern with dp <= in_features"
         )
     n_in = len(range(in_offset, in_f, in_dp))
-    if x.shape[1] != n_in:
+    if x.shape[-1] != n_in:
         raise ValueError(
-            f"{op}: x has {x.shape[1]} columns but the input pattern (dp={in_dp}, "
+            f"{op}: x has {x.shape[-1]} columns but the input pattern (dp={in_dp}, "
             f"offset={in_offset}) keeps {n_in} of {in_f}; pass the compact input "
             "(the previous row-dropped layer's output) or in_dp=1 for a dense input"
         )
     geom = (out_dp, out_offset, in_dp, in_offset, in_scale, out_scale)
+    lead = x.shape[:-1]
     with _no_autocast(x):
-        return _CompactLinearFn.apply(x, weight, bias, ext, geom, bool(relu))
+        y = _CompactLinearFn.apply(x.reshape(-1, n_in), weight, bias, ext, geom, bool(relu))
+    return y.reshape(*lead, y.shape[-1])
 
 
-def tile_linear_with(ext, x, weight, bias, dp, offset, tile, scale, relu=False):
+def kept_tile_elements(out_f: int, in_f: int, dp: int, offset: int, tile: int) -> int:
+    """Number of weights in kept tiles: sum over tile pairs of the (ragged) tile areas."""
+    rows = [min(tile, out_f - i * tile) for i in range(-(-out_f // tile))]
+    cols = [min(tile, in_f - j * tile) for j in range(-(-in_f // tile))]
+    return sum(r * c for i, r in enumerate(rows) for j, c in enumerate(cols)
+               if (i + j) % dp == offset)
+
+
+def tile_linear_with(ext, x, weight, bias, dp, offset, tile=32, scale=None, relu=False):
     """tile_linear on an explicit extension module (the self-check and tests use it)."""
     op = "tile_linear_cuda"
     _check_pattern("", dp, offset)
     _check_int("tile", tile, 1)
     if tile > 2**30:
         raise ValueError(f"{op}: tile={tile} is too large; use tile <= 2**30")
-    scale = _check_scale("scale", scale)
     x, weight, bias = _prepare(op, ext, x, weight, bias)
-    if x.shape[1] != weight.shape[1]:
+    out_f, in_f = weight.shape
+    if scale is None:  # the exact inverted-dropout ratio, as in ardrop.functional
+        kept = kept_tile_elements(out_f, in_f, dp, offset, tile)
+        if kept == 0:
+            raise ValueError(
+                f"{op}: tile pattern dp={dp} offset={offset} keeps no tile of a {out_f}x{in_f} "
+                f"weight with tile={tile}; use dp <= the number of tile diagonals"
+            )
+        scale = out_f * in_f / kept
+    scale = _check_scale("scale", scale)
+    if x.shape[-1] != in_f:
         raise ValueError(
-            f"{op}: x has {x.shape[1]} features but weight expects {weight.shape[1]} "
+            f"{op}: x has {x.shape[-1]} features but weight expects {in_f} "
             "(tile_linear takes the dense input)"
         )
+    lead = x.shape[:-1]
     with _no_autocast(x):
-        return _TileLinearFn.apply(x, weight, bias, ext, (dp, offset, tile, scale), bool(relu))
+        y = _TileLinearFn.apply(x.reshape(-1, in_f), weight, bias, ext, (dp, offset, tile, scale),
+                                bool(relu))
+    return y.reshape(*lead, out_f)
 
 
 def compact_linear_cuda(x, weight, bias, out_dp, out_offset, in_dp, in_offset,
@@ -204,7 +226,7 @@ def compact_linear_cuda(x, weight, bias, out_dp, out_offset, in_dp, in_offset,
 
     y = act(in_scale * x @ weight[O][:, I].T + bias[O]) * out_scale with
     O = range(out_offset, out_features, out_dp), I = range(in_offset, in_features, in_dp);
-    x is compact [B, len(I)], y compact [B, len(O)]. Weight/bias gradients are
+    x is compact [..., len(I)], y compact [..., len(O)]. Weight/bias gradients are
     full-size and exactly zero outside O x I / O. Raises
     ``loader.CudaExtUnavailable`` when the kernels cannot be used here.
     """
@@ -212,11 +234,12 @@ def compact_linear_cuda(x, weight, bias, out_dp, out_offset, in_dp, in_offset,
                                in_offset, in_scale, out_scale, relu)
 
 
-def tile_linear_cuda(x, weight, bias, dp, offset, tile, scale, relu=False):
+def tile_linear_cuda(x, weight, bias, dp, offset, tile=32, scale=None, relu=False):
     """``tile_linear`` on the CUDA kernels (builds them on first use).
 
     y = act(x @ (scale * weight * M).T + bias) with M the tile mask of
     Pattern("tile", dp, offset, tile); only kept tiles are loaded and multiplied, and
-    dropped tiles get an exactly zero weight gradient.
+    dropped tiles get an exactly zero weight gradient. ``scale=None`` is the exact
+    ratio out*in / kept weights.
     """
     return tile_linear_with(loader.load(), x, weight, bias, dp, offset, tile, scale, relu)

@@ -255,6 +255,27 @@ def test_noncontiguous_and_validation(emulated_ext):
         compact_linear_with(emulated_ext, x, w, None, 40, 35, 2, 1)
 
 
+def test_leading_dims_and_default_scale(emulated_ext):
+    """Same contract as ardrop.functional: x may be [..., features]; scale=None is exact."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 4, 30, generator=gen)
+    w = torch.randn(20, 30, generator=gen)
+    y = compact_linear_with(emulated_ext, x[..., 1::3], w, None, 3, 2, 3, 1)
+    assert y.shape == (3, 4, len(range(2, 20, 3)))
+    check("y", y.reshape(-1, y.shape[-1]),
+          x.reshape(-1, 30)[:, 1::3].double() @ w.double()[2::3, 1::3].T, FP32_TOL)
+    # 20 x 30 with t=16: tiles (0,0) 16x16, (0,1) 16x14, (1,0) 4x16, (1,1) 4x14; dp=2,
+    # offset=1 keeps (0,1) and (1,0): 224 + 64 = 288 of 600 weights
+    y = tile_linear_with(emulated_ext, x, w, None, 2, 1, 16)
+    _, _, _, _, mask = ref_tile(x.reshape(-1, 30), w, None, 2, 1, 16, 1.0, False,
+                                torch.zeros(12, 20))
+    assert mask.sum() == 288
+    check("tile y", y.reshape(12, 20), x.reshape(-1, 30).double() @ (600 / 288 * w.double() * mask).T,
+          FP32_TOL)
+    with pytest.raises(ValueError, match="keeps no tile"):
+        tile_linear_with(emulated_ext, x, w, None, 5, 4, 16)
+
+
 def test_emulated_rejects_half(emulated_ext):
     x = torch.randn(4, 8, dtype=torch.float16)
     w = torch.randn(6, 8, dtype=torch.float16)
