@@ -161,3 +161,23 @@ def test_built_module_must_pass_self_check(monkeypatch, fake_cuda, emulated_modu
     monkeypatch.setattr(loader, "_build", lambda verbose: Wrong())
     with pytest.warns(RuntimeWarning, match="failed its self-check.*tile forward"):
         assert loader.available() is False
+
+
+def test_gpu_bench_plumbing_on_cpu(monkeypatch):
+    """The GPU bench's variant wiring, interleaving and result rows (wall clock on CPU)."""
+    from ardrop.bench import parser
+    from cuda_ext import bench_gpu
+
+    args = parser().parse_args(["--models", "mlp32x16", "--rates", "0.5", "--kinds", "row,tile",
+                                "--repeats", "3", "--rounds", "2", "--warmup", "1",
+                                "--batch-size", "4", "--tile", "8"])
+    rows = bench_gpu._run(args, torch.device("cpu"), bench_gpu._WallTimer(), use_ext=False)
+    assert [(r["kind"], r["rate"]) for r in rows] == [("row", 0.5), ("tile", 0.5)]
+    for r in rows:
+        assert r["bernoulli_ms"] > 0 and r["torch_ms"] > 0 and r["cuda_ext_ms"] is None
+        assert len(r["torch_times_s"]) == 2 and len(r["torch_times_s"][0]) == 3
+        assert r["ideal_flop_ratio"] > 1
+    assert "ARDROP_CUDA_EXT" not in __import__("os").environ  # the torch-path switch is restored
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            bench_gpu.run_gpu_bench(args)
