@@ -9,6 +9,7 @@ a changed config (e.g. more epochs) keeps the original plan instead of silently 
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from ardrop.nn import PatternSite
-from ardrop.search import DEFAULT_MAX_DP, search
+from ardrop.search import DEFAULT_MAX_DP, METHODS, search
 from ardrop.sequence import PatternSequence
 
 
@@ -37,8 +38,16 @@ class PatternCallback(pl.Callback):
     def __init__(self, search: Mapping | None = None, seed: int = 0, verify_ranks: bool = False):
         cfg = OmegaConf.to_container(search, resolve=True) if isinstance(search, DictConfig) else dict(search or {})
         self.method = cfg.pop("method", "sgd")
-        self.max_dp = int(cfg.pop("max_dp", DEFAULT_MAX_DP))
+        self.max_dp = cfg.pop("max_dp", DEFAULT_MAX_DP)
         self.hyper = cfg
+        if self.method not in METHODS:
+            raise ValueError(f"unknown search.method {self.method!r}; choose one of {sorted(METHODS)}")
+        if isinstance(self.max_dp, bool) or not isinstance(self.max_dp, int) or self.max_dp < 1:
+            raise ValueError(f"search.max_dp must be an integer >= 1, got {self.max_dp!r}")
+        try:  # unknown hyperparameter names fail now, not at fit start
+            inspect.signature(METHODS[self.method]).bind(0.5, self.max_dp, **self.hyper)
+        except TypeError as err:
+            raise ValueError(f"search config for method {self.method!r}: {err}") from None
         self.seed = int(seed)
         self.verify_ranks = verify_ranks
         self.sequences: dict[str, PatternSequence] = {}
@@ -61,7 +70,14 @@ class PatternCallback(pl.Callback):
                 )
             for name, site in sites:
                 max_dp = min(self.max_dp, site.max_dp)
-                res = search(site.rate, max_dp, method=self.method, **self.hyper)
+                try:
+                    res = search(site.rate, max_dp, method=self.method, **self.hyper)
+                except ValueError as err:
+                    raise ValueError(
+                        f"dropout site {name}: {err} (search.max_dp={self.max_dp}; this site's shape allows "
+                        f"dp <= {site.max_dp}{f' with tile {site.tile}' if site.kind == 'tile' else ''}); "
+                        "lower the rate, or raise search.max_dp / lower dropout.tile"
+                    ) from None
                 self.results[name] = res.as_dict()
                 self.sequences[name] = PatternSequence(
                     res.probs, total_steps=int(total), seed=self.seed, site=name, kind=site.kind, tile=site.tile

@@ -29,7 +29,7 @@ class StepTimer(pl.Callback):
             return
         counter = getattr(pl_module, "samples_in", None)
         n = counter(batch) if counter else len(batch[0])
-        pl_module.log("time/step_ms", dt * 1e3, on_step=True, on_epoch=True, batch_size=1)
+        pl_module.log("time/step_ms", dt * 1e3, on_step=True, on_epoch=False, batch_size=1)
         pl_module.log("time/samples_per_s", n / dt, on_step=True, on_epoch=False, batch_size=1)
 
     def on_train_epoch_end(self, trainer, pl_module):
