@@ -106,3 +106,14 @@ def test_bad_input_raises_value_error(kwargs, match):
     call.update(kwargs)
     with pytest.raises(ValueError, match=match):
         compact_linear(x, w, bias, **call)
+
+
+@pytest.mark.parametrize("out_dp, out_off", [(3, 0), (3, 2), (4, 1), (5, 4)])
+def test_uninitialised_gradient_memory_is_fully_overwritten(monkeypatch, out_dp, out_off):
+    """The weight gradient starts from empty memory; poison it to prove every byte is written."""
+    real = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda t, **kw: real(t, **kw).fill_(float("nan")))
+    x, w, bias = _leaves(4, 13, 11, 1, 0)
+    (gw,) = grads(compact_linear(x.detach(), w, bias, out_dp, out_off, relu=True), (w,))
+    kept = row_mask(13, out_dp, out_off)
+    assert torch.isfinite(gw).all() and (gw[~kept] == 0).all()

@@ -29,6 +29,22 @@ def _rows(t: torch.Tensor, dp: int, offset: int) -> torch.Tensor:
     return t if dp == 1 else t[offset::dp]
 
 
+def _zero_other_rows(t: torch.Tensor, dp: int, offset: int) -> torch.Tensor:
+    """Zero every row except ``offset::dp`` with at most three strided fills."""
+    if dp == 1:
+        return t
+    n = t.shape[0]
+    whole = n - n % dp
+    if whole:
+        groups = t[:whole].view(whole // dp, dp, *t.shape[1:])
+        if offset:
+            groups[:, :offset].zero_()
+        if offset + 1 < dp:
+            groups[:, offset + 1 :].zero_()
+    t[whole:].zero_()  # ragged tail; a kept row there is overwritten afterwards
+    return t
+
+
 def _kept_block(weight: torch.Tensor, out_dp, out_off, in_dp, in_off) -> torch.Tensor:
     rows = _rows(weight, out_dp, out_off)
     if in_dp == 1:
@@ -71,11 +87,13 @@ class _CompactLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = _scaled_mm(gz, wk, alpha)
         if ctx.needs_input_grad[1]:
-            gw = torch.zeros_like(weight, memory_format=torch.contiguous_format)
-            rows = _rows(gw, out_dp, out_off)
             if in_dp == 1:
-                _scaled_mm(gz.t(), x, alpha, out=rows)  # compact GEMM written in place
+                # Kept rows are written whole by the GEMM, so only the others need zeros.
+                gw = _zero_other_rows(torch.empty_like(weight, memory_format=torch.contiguous_format), out_dp, out_off)
+                _scaled_mm(gz.t(), x, alpha, out=_rows(gw, out_dp, out_off))  # compact GEMM in place
             else:
+                gw = torch.zeros_like(weight, memory_format=torch.contiguous_format)
+                rows = _rows(gw, out_dp, out_off)
                 rows[:, in_off::in_dp].copy_(_scaled_mm(gz.t(), x, alpha))
         if has_bias and ctx.needs_input_grad[2]:
             gb = grad_y.new_zeros(weight.shape[0])
