@@ -188,7 +188,7 @@ class ApproxLSTMLM(nn.Module):
             # The fused kernel's input GEMM runs over the kept columns only; the column
             # slice of W_ih is a view, and its backward writes the full-size zero-filled
             # gradient that param.grad needs anyway.
-            return lstm_layer_fused(x[..., off::dp] * scale, h0, c0, w_ih[:, off::dp], w_hh, b_ih, b_hh)
+            return lstm_layer_fused(x[..., off::dp] * scale, h0, c0, w_ih[:, off::dp].contiguous(), w_hh, b_ih, b_hh)
         scale = pattern.tile_scale(*w_ih.shape)
         if reference:
             masked = w_ih * (pattern.tile_mask(*w_ih.shape).to(w_ih) * scale)
