@@ -7,6 +7,7 @@ LSTM, the gates-to-states recurrence, compact_linear / tile_linear).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -214,6 +215,7 @@ def test_sites_are_named_in_data_flow_order_with_shape_limits():
     row = ApproxLSTMLM(50, 40, 2, kind="row", rates=[0.3, 0.5, 0.7])
     assert [s.max_dp for s in row.sites] == [40, 40, 40]
     assert [s.rate for s in row.sites] == [0.3, 0.5, 0.7]
+    assert [s.rate for s in ApproxLSTMLM(50, 40, 2, rates=np.array([0.1, 0.2, 0.3])).sites] == [0.1, 0.2, 0.3]
 
 
 def test_bad_input_raises_clear_value_errors():
@@ -235,6 +237,8 @@ def test_bad_input_raises_clear_value_errors():
         ApproxLSTMLM(V, 8, 3, rates=[0.5, 0.5])
     with pytest.raises(ValueError, match="rate"):
         ApproxLSTMLM(V, 8, 2, rates=1.0)
+    with pytest.raises(ValueError, match="sequence of 3 numbers"):
+        ApproxLSTMLM(V, 8, 2, rates="0.5")
     with pytest.raises(ValueError, match="backend"):
         ApproxLSTMLM(V, 8, 2, backend="cuda")
     with pytest.raises(ValueError, match="kind"):
