@@ -138,10 +138,11 @@ def compact_linear(
             "(pass the producer's compact output and its pattern, or in_dp=1 for a dense input)"
         )
     relu = bool(relu)
-    op = cuda_op("compact_linear_cuda", x, backend)
-    if op is not None:
-        return op(x, weight, bias, out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n_in)
-    y = _CompactLinear.apply(x2, weight, bias, out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu)
+    op = cuda_op("compact_linear_cuda", x, backend)
+    if op is not None:
+        y = op(x2, weight, bias, out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu)
+    else:
+        y = _CompactLinear.apply(x2, weight, bias, out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu)
     return y.reshape(*lead, n_out)

@@ -210,9 +210,11 @@ def tile_linear(
             "(a tile-dropped layer takes a dense input)"
         )
     relu = bool(relu)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, in_features)
     op = cuda_op("tile_linear_cuda", x, backend)
     if op is not None:
-        return op(x, weight, bias, dp, offset, tile, scale, relu)
-    lead = x.shape[:-1]
-    y = _TileLinear.apply(x.reshape(-1, in_features), weight, bias, dp, offset, tile, scale, relu)
+        y = op(x2, weight, bias, dp, offset, tile, scale, relu)
+    else:
+        y = _TileLinear.apply(x2, weight, bias, dp, offset, tile, scale, relu)
     return y.reshape(*lead, out_features)
