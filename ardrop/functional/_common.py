@@ -7,7 +7,6 @@ that names the fix, instead of a BLAS size error deep inside backward.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
@@ -79,8 +78,8 @@ def cuda_op(name: str, x: torch.Tensor, backend: str):
     Imported lazily: cuda_ext compiles kernels on first use and must never be a hard
     dependency of the CPU package. ``ARDROP_CUDA_EXT=0`` or ``backend="torch"`` opt out.
     """
-    if backend == "torch" or not x.is_cuda or os.environ.get("ARDROP_CUDA_EXT", "1") == "0":
-        return None
+    if backend == "torch" or not x.is_cuda:
+        return None  # the loader alone reads ARDROP_CUDA_EXT (0/off, auto, require)
     try:
         from cuda_ext import loader
     except ImportError:
