@@ -99,14 +99,15 @@ def _prepare(op: str, ext: Any, x: Any, weight: Any, bias: Any):
     return x, weight, bias
 
 
-class _CompactLinearFn(torch.autograd.Function):
+class _ExtLinearFn(torch.autograd.Function):
+    """One wrapper for both kernels: ``op`` is "row" or "tile", whose binding functions
+    ``{op}_forward(x, w, b, *geom, relu, stream)`` and ``{op}_backward(...)`` share a shape."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, ext, geom, relu):
-        out_dp, out_offset, in_dp, in_offset, in_scale, out_scale = geom
+    def forward(ctx, x, weight, bias, ext, op, geom, relu):
         with _device_ctx(x):
-            y = ext.row_forward(x, weight, bias, out_dp, out_offset, in_dp, in_offset,
-                                in_scale, out_scale, relu, _stream(x))
-        ctx.ext, ctx.geom, ctx.relu, ctx.has_bias = ext, geom, relu, bias is not None
+            y = getattr(ext, f"{op}_forward")(x, weight, bias, *geom, relu, _stream(x))
+        ctx.ext, ctx.op, ctx.geom, ctx.relu, ctx.has_bias = ext, op, geom, relu, bias is not None
         ctx.save_for_backward(x, weight, y if relu else None)
         return y
 
@@ -116,32 +117,10 @@ class _CompactLinearFn(torch.autograd.Function):
         x, weight, y = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         with _device_ctx(grad_y):
-            gx, gw, gb = ctx.ext.row_backward(grad_y, y, x, weight, *ctx.geom, ctx.relu,
-                                              need_x, need_w, need_b and ctx.has_bias,
-                                              _stream(grad_y))
-        return gx, gw, gb, None, None, None
-
-
-class _TileLinearFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, ext, geom, relu):
-        dp, offset, tile, scale = geom
-        with _device_ctx(x):
-            y = ext.tile_forward(x, weight, bias, dp, offset, tile, scale, relu, _stream(x))
-        ctx.ext, ctx.geom, ctx.relu, ctx.has_bias = ext, geom, relu, bias is not None
-        ctx.save_for_backward(x, weight, y if relu else None)
-        return y
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y):
-        x, weight, y = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        with _device_ctx(grad_y):
-            gx, gw, gb = ctx.ext.tile_backward(grad_y, y, x, weight, *ctx.geom, ctx.relu,
-                                               need_x, need_w, need_b and ctx.has_bias,
-                                               _stream(grad_y))
-        return gx, gw, gb, None, None, None
+            gx, gw, gb = getattr(ctx.ext, f"{ctx.op}_backward")(
+                grad_y, y, x, weight, *ctx.geom, ctx.relu,
+                need_x, need_w, need_b and ctx.has_bias, _stream(grad_y))
+        return gx, gw, gb, None, None, None, None
 
 
 def _no_autocast(x: torch.Tensor):
@@ -178,7 +157,7 @@ def compact_linear_with(ext, x, weight, bias, out_dp, out_offset, in_dp, in_offs
     geom = (out_dp, out_offset, in_dp, in_offset, in_scale, out_scale)
     lead = x.shape[:-1]
     with _no_autocast(x):
-        y = _CompactLinearFn.apply(x.reshape(-1, n_in), weight, bias, ext, geom, bool(relu))
+        y = _ExtLinearFn.apply(x.reshape(-1, n_in), weight, bias, ext, "row", geom, bool(relu))
     return y.reshape(*lead, y.shape[-1])
 
 
@@ -215,7 +194,7 @@ def tile_linear_with(ext, x, weight, bias, dp, offset, tile=32, scale=None, relu
         )
     lead = x.shape[:-1]
     with _no_autocast(x):
-        y = _TileLinearFn.apply(x.reshape(-1, in_f), weight, bias, ext, (dp, offset, tile, scale),
+        y = _ExtLinearFn.apply(x.reshape(-1, in_f), weight, bias, ext, "tile", (dp, offset, tile, scale),
                                 bool(relu))
     return y.reshape(*lead, out_f)
 
