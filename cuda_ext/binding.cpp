@@ -65,6 +65,16 @@ at::Tensor operand(const at::Tensor& t, const at::Tensor& like, const char* name
   return t.contiguous();
 }
 
+// The forward output that a ReLU backward masks with; undefined when there is no ReLU.
+at::Tensor relu_output(const std::optional<at::Tensor>& y_, const at::Tensor& gy,
+                       const at::Tensor& like, bool relu) {
+  if (!relu) return at::Tensor();
+  TORCH_CHECK(y_.has_value() && y_->defined(), "ardrop cuda_ext: relu backward needs y");
+  at::Tensor y = operand(*y_, like, "y");
+  TORCH_CHECK(y.sizes() == gy.sizes(), "ardrop cuda_ext: y and grad_y shapes differ");
+  return y;
+}
+
 const void* ptr_or_null(const std::optional<at::Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->data_ptr() : nullptr;
 }
@@ -126,12 +136,7 @@ std::vector<at::Tensor> row_backward(const at::Tensor& gy_, const std::optional<
   const RowDims d = row_dims(x, w, out_dp, out_offset, in_dp, in_offset);
   TORCH_CHECK(gy.dim() == 2 && gy.size(0) == d.batch && gy.size(1) == d.n_out,
               "ardrop cuda_ext: grad_y must be [batch, kept outputs]");
-  at::Tensor y;
-  if (relu) {
-    TORCH_CHECK(y_.has_value() && y_->defined(), "ardrop cuda_ext: relu backward needs y");
-    y = operand(*y_, x_, "y");
-    TORCH_CHECK(y.sizes() == gy.sizes(), "ardrop cuda_ext: y and grad_y shapes differ");
-  }
+  const at::Tensor y = relu_output(y_, gy, x_, relu);
   const void* yp = relu ? y.data_ptr() : nullptr;
   const int code = dtype_code(x);
   const float in_s = static_cast<float>(in_scale), out_s = static_cast<float>(out_scale);
@@ -207,12 +212,7 @@ std::vector<at::Tensor> tile_backward(const at::Tensor& gy_, const std::optional
   const TileDims d = tile_dims(x, w, dp, offset, tile);
   TORCH_CHECK(gy.dim() == 2 && gy.size(0) == d.batch && gy.size(1) == d.out_f,
               "ardrop cuda_ext: grad_y must be [batch, out_features]");
-  at::Tensor y;
-  if (relu) {
-    TORCH_CHECK(y_.has_value() && y_->defined(), "ardrop cuda_ext: relu backward needs y");
-    y = operand(*y_, x_, "y");
-    TORCH_CHECK(y.sizes() == gy.sizes(), "ardrop cuda_ext: y and grad_y shapes differ");
-  }
+  const at::Tensor y = relu_output(y_, gy, x_, relu);
   const void* yp = relu ? y.data_ptr() : nullptr;
   const int code = dtype_code(x);
   const int p = static_cast<int>(dp), o = static_cast<int>(offset), t = static_cast<int>(tile);
