@@ -114,8 +114,24 @@ def make_batch(spec: ModelSpec, gen: torch.Generator):
     return torch.randint(0, spec.vocab, shape, generator=gen), torch.randint(0, spec.vocab, shape, generator=gen)
 
 
-def make_step(model: nn.Module, spec: ModelSpec, batch, fused: bool):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True if fused else None)
+OPTIMIZERS = ("sgd", "fused", "lazy")
+
+
+def baseline_optimizer(optimizer: str) -> str:
+    """The Bernoulli side's optimizer: LazySGD has no rows to defer there, so it gets torch's SGD."""
+    return "sgd" if optimizer == "lazy" else optimizer
+
+
+def make_optimizer(model: nn.Module, optimizer: str):
+    if optimizer == "lazy":
+        from ardrop.optim import LazySGD
+
+        return LazySGD(model.parameters(), lr=0.01, momentum=0.9)
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True if optimizer == "fused" else None)
+
+
+def make_step(model: nn.Module, spec: ModelSpec, batch, optimizer: str):
+    opt = make_optimizer(model, optimizer)
     x, target = batch
     model.train()
 
@@ -229,9 +245,8 @@ def bench_one(spec, kind, rate, optimizer, args):
 
     gen = torch.Generator().manual_seed(args.seed)
     batch = make_batch(spec, gen)
-    fused = optimizer == "fused"
-    times = time_pair(make_step(base, spec, batch, fused), make_step(approx, spec, batch, fused), set_step,
-                      steps, args.rounds, args.warmup)
+    times = time_pair(make_step(base, spec, batch, baseline_optimizer(optimizer)),
+                      make_step(approx, spec, batch, optimizer), set_step, steps, args.rounds, args.warmup)
     base_mean, base_med = summarize(times["base"])
     approx_mean, approx_med = summarize(times["approx"])
     dense = gemm_flops(spec, kind, [None] * len(seqs), args.tile)
@@ -271,7 +286,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("sgd", "maxent"), default="sgd", help="pattern-distribution search")
     p.add_argument("--tile", type=int, default=32)
     p.add_argument("--optimizers", type=csv(str), default=["sgd"],
-                   help="sgd (torch.optim.SGD, primary) and/or fused (opt-in: fused=True on both sides)")
+                   help="sgd (torch.optim.SGD on both sides, primary), fused (fused=True on both sides), "
+                        "lazy (ardrop.optim.LazySGD on the approximate side, torch SGD on the Bernoulli side)")
     p.add_argument("--lstm-hidden", type=int, default=1000)
     p.add_argument("--vocab", type=int, default=10000)
     p.add_argument("--seq-len", type=int, default=35)
@@ -288,8 +304,8 @@ def validate(args) -> None:
         if k not in ("row", "tile"):
             raise ValueError(f"--kinds takes row and/or tile, got {k!r}")
     for o in args.optimizers:
-        if o not in ("sgd", "fused"):
-            raise ValueError(f"--optimizers takes sgd and/or fused, got {o!r}")
+        if o not in OPTIMIZERS:
+            raise ValueError(f"--optimizers takes {', '.join(OPTIMIZERS)}, got {o!r}")
     for name, v in (("--repeats", args.repeats), ("--rounds", args.rounds), ("--batch-size", args.batch_size),
                     ("--max-dp", args.max_dp)):
         if v < 1:

@@ -95,10 +95,9 @@ def _bench_one(spec, kind, rate, optimizer, args, device, timer, use_ext):
 
     gen = torch.Generator().manual_seed(args.seed)
     batch = tuple(t.to(device) for t in bench.make_batch(spec, gen))
-    fused = optimizer == "fused"
-    step_base = bench.make_step(base, spec, batch, fused)
-    step_torch_raw = bench.make_step(approx_torch, spec, batch, fused)
-    step_ext = bench.make_step(approx, spec, batch, fused)
+    step_base = bench.make_step(base, spec, batch, bench.baseline_optimizer(optimizer))
+    step_torch_raw = bench.make_step(approx_torch, spec, batch, optimizer)
+    step_ext = bench.make_step(approx, spec, batch, optimizer)
 
     def step_torch():
         with _torch_path(True):

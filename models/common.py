@@ -36,9 +36,26 @@ def check_rates(rates, num_sites: int | None = None) -> float | tuple[float, ...
     return check_rate(rates, "rate")
 
 
-def make_sgd(params, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> torch.optim.SGD:
+OPTIMIZERS = ("sgd", "lazy_sgd")
+
+
+def check_optimizer(name: str) -> str:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: set model.optimizer to one of {OPTIMIZERS}")
+    return name
+
+
+def make_sgd(params, lr: float, momentum: float, weight_decay: float, nesterov: bool,
+             optimizer: str = "sgd") -> torch.optim.Optimizer:
+    """torch's SGD, or `ardrop.optim.LazySGD`: the same updates, with the rows a row pattern
+    dropped updated only when next read (much less memory traffic for wide row-dropped layers)."""
     if lr <= 0:
         raise ValueError(f"learning rate must be > 0, got {lr}")
+    check_optimizer(optimizer)
+    if optimizer == "lazy_sgd":
+        from ardrop.optim import LazySGD
+
+        return LazySGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 

@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from ardrop.nn import ApproxLSTMLM
-from models.common import check_rates, make_schedule, make_sgd, plain
+from models.common import check_optimizer, check_rates, make_schedule, make_sgd, plain
 from models.mlp import locals_hparams
 
 
@@ -42,11 +42,13 @@ class LSTMLanguageModel(pl.LightningModule):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
+        optimizer: str = "sgd",
         schedule: str = "step",
         decay: float = 1 / 1.2,
         decay_start: int = 6,
     ):
         super().__init__()
+        check_optimizer(optimizer)
         rates = check_rates(rates, num_layers + 1)
         self.save_hyperparameters({**locals_hparams(locals()), "rates": rates})
         self.net = ApproxLSTMLM(vocab_size, hidden_size=hidden_size, num_layers=num_layers, kind=kind,
@@ -104,7 +106,7 @@ class LSTMLanguageModel(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        opt = make_sgd(self.parameters(), h.lr, h.momentum, h.weight_decay, h.nesterov)
+        opt = make_sgd(self.parameters(), h.lr, h.momentum, h.weight_decay, h.nesterov, h.optimizer)
         sched = make_schedule(opt, h.schedule, decay=h.decay, decay_start=h.decay_start,
                               total_steps=self.trainer.estimated_stepping_batches)
         return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}

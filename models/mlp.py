@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from ardrop.nn import ApproxMLP
-from models.common import check_rates, make_schedule, make_sgd, plain
+from models.common import check_optimizer, check_rates, make_schedule, make_sgd, plain
 
 
 class MLPClassifier(pl.LightningModule):
@@ -27,11 +27,13 @@ class MLPClassifier(pl.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         nesterov: bool = False,
+        optimizer: str = "sgd",
         schedule: str = "inv",
         gamma: float = 1e-4,
         power: float = 0.75,
     ):
         super().__init__()
+        check_optimizer(optimizer)
         hidden = tuple(plain(hidden))
         rates = check_rates(rates, len(hidden))
         self.save_hyperparameters({**locals_hparams(locals()), "hidden": list(hidden), "rates": rates})
@@ -68,7 +70,7 @@ class MLPClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        opt = make_sgd(self.parameters(), h.lr, h.momentum, h.weight_decay, h.nesterov)
+        opt = make_sgd(self.parameters(), h.lr, h.momentum, h.weight_decay, h.nesterov, h.optimizer)
         sched = make_schedule(opt, h.schedule, gamma=h.gamma, power=h.power,
                               total_steps=self.trainer.estimated_stepping_batches)
         return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}

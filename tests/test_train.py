@@ -79,3 +79,24 @@ def test_multirun_sweep_over_rates_and_kinds(synth_data, tmp_path):
         assert (job / "checkpoints" / "last.ckpt").is_file()
         assert "test_acc" in (job / "csv" / "metrics.csv").read_text()
     assert len(seen) == 6
+
+
+def test_lazy_sgd_trains_like_torch_sgd(synth_data, tmp_path):
+    """model.optimizer=lazy_sgd through Lightning (closure, clipping, schedule, checkpoint):
+    the same weights as torch's SGD, up to float32 rounding of the deferred updates."""
+    weights = {}
+    for opt in ("sgd", "lazy_sgd"):
+        out = tmp_path / opt
+        run(compose_cfg(small_overrides(synth_data, out) + [f"model.optimizer={opt}", "logger=none", "test=false"]))
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+        weights[opt] = ckpt["state_dict"]
+        assert ckpt["optimizer_states"][0]["state"], "momentum buffers were checkpointed"
+    for k, v in weights["sgd"].items():
+        assert torch.allclose(v, weights["lazy_sgd"][k], rtol=1e-4, atol=1e-5), k
+
+
+def test_unknown_optimizer_is_a_clear_error(synth_data, tmp_path):
+    cfg = compose_cfg(small_overrides(synth_data, tmp_path / "o") + ["model.optimizer=adam", "logger=none"])
+    with pytest.raises(Exception, match="unknown optimizer 'adam': set model.optimizer"):  # via instantiate
+        run(cfg)
+    assert not (tmp_path / "o" / "checkpoints").exists()

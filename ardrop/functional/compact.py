@@ -22,6 +22,7 @@ from ardrop.functional._common import (
     check_scale,
     cuda_op,
 )
+from ardrop.optim.lazy_sgd import before_read
 
 
 def _rows(t: torch.Tensor, dp: int, offset: int) -> torch.Tensor:
@@ -138,6 +139,8 @@ def compact_linear(
             "(pass the producer's compact output and its pattern, or in_dp=1 for a dense input)"
         )
     relu = bool(relu)
+    before_read(weight, out_dp, out_offset)  # a LazySGD brings these rows up to date first
+    before_read(bias, out_dp, out_offset)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n_in)
     op = cuda_op("compact_linear_cuda", x, backend)

@@ -26,6 +26,7 @@ from ardrop.functional._common import (
     check_scale,
     cuda_op,
 )
+from ardrop.optim.lazy_sgd import flush_params
 from ardrop.patterns import Pattern
 
 
@@ -212,6 +213,7 @@ def tile_linear(
     relu = bool(relu)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_features)
+    flush_params(weight, bias)  # tiles cut across rows: a LazySGD updates this weight densely
     op = cuda_op("tile_linear_cuda", x, backend)
     if op is not None:
         y = op(x2, weight, bias, dp, offset, tile, scale, relu)

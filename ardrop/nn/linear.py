@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ardrop.functional import compact_linear, row_dropout_reference, tile_linear, tile_linear_reference
+from ardrop.optim.lazy_sgd import flush_params
 from ardrop.patterns import DEFAULT_TILE, Pattern
 from ardrop.nn.site import PatternSite
 
@@ -67,6 +68,13 @@ class ApproxLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_parameters()
+        # A LazySGD may hold some rows behind between steps; whoever saves the weights
+        # must see current values.
+        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module.flush_lazy())
+
+    def flush_lazy(self) -> None:
+        """Bring rows a `LazySGD` deferred up to date before a dense read of the weights."""
+        flush_params(self.weight, self.bias)
 
     def reset_parameters(self) -> None:
         """Same initialisation as ``nn.Linear``, so swapping layers keeps training behaviour."""
@@ -80,6 +88,7 @@ class ApproxLinear(nn.Module):
         return self.site.kind
 
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        self.flush_lazy()
         y = F.linear(x, self.weight, self.bias)
         return torch.relu(y) if self.relu else y
 
@@ -113,6 +122,7 @@ class ApproxLinear(nn.Module):
             y[..., off::dp] = yc  # dropped outputs are exactly zero, never computed
             return y
         if self.backend == "reference":
+            self.flush_lazy()
             return tile_linear_reference(x, self.weight, self.bias, p.dp, p.offset, p.tile, None, self.relu)
         return tile_linear(x, self.weight, self.bias, p.dp, p.offset, p.tile, None, self.relu)
 

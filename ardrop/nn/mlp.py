@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ardrop.functional import compact_linear, row_dropout_reference
+from ardrop.optim.lazy_sgd import flush_params
 from ardrop.nn.linear import ApproxLinear, check_layer_backend, check_width
 from ardrop.patterns import DEFAULT_TILE, check_rate
 
@@ -62,6 +63,7 @@ class ApproxMLP(nn.Module):
         check_width(x, self.sizes[0], "ApproxMLP")
         if self.kind == "row" and self.backend == "fast":
             return self._forward_compact(x)
+        flush_params(*self.parameters())  # dense reads below: no row may lag behind (LazySGD)
         if self.kind == "row":  # reference: dense layers, explicit masks
             for layer in self.hidden:
                 p = layer.site.active_pattern()
