@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import torch
 
+import pytest
+
 from conftest import run_cli, small_overrides
 
 
-def test_ddp_two_cpu_ranks_agree(synth_data, tmp_path):
+@pytest.mark.parametrize("dropout, optimizer", [("tile", "sgd"), ("row", "lazy_sgd")])
+def test_ddp_two_cpu_ranks_agree(synth_data, tmp_path, dropout, optimizer):
     probe = tmp_path / "probe"
     args = [
         "trainer=ddp", f"hydra.run.dir={tmp_path / 'run'}",
         *[o for o in small_overrides(synth_data, tmp_path) if not o.startswith("output_dir=")],
-        "dropout=tile", "trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.val_size=100",
+        f"dropout={dropout}", f"model.optimizer={optimizer}", "trainer.max_epochs=2", "trainer.limit_train_batches=3", "data.val_size=100",
         "callbacks.pattern.verify_ranks=true", "logger=tensorboard",
         "+callbacks.probe._target_=conftest.PatternProbe", f"+callbacks.probe.path={probe}",
     ]

@@ -23,23 +23,27 @@ class StopAfterEpoch(pl.Callback):
             trainer.should_stop = True
 
 
-def _cfg(synth_data, out, probe, extra=()):
+def _cfg(synth_data, out, probe, extra=(), dropout="tile"):
     return compose_cfg(small_overrides(synth_data, out) + [
-        f"trainer.max_epochs={EPOCHS}", "logger=none", "dropout=tile", "test=false",
+        f"trainer.max_epochs={EPOCHS}", "logger=none", f"dropout={dropout}", "test=false",
         "trainer.limit_train_batches=4", "data.val_size=100",
         "+callbacks.probe._target_=conftest.PatternProbe", f"+callbacks.probe.path={probe}", *extra,
     ])
 
 
-def test_resume_replays_patterns_and_weights(synth_data, tmp_path):
-    run(_cfg(synth_data, tmp_path / "full", tmp_path / "p_full"))
+@pytest.mark.parametrize("dropout, optimizer", [("tile", "sgd"), ("row", "lazy_sgd")])
+def test_resume_replays_patterns_and_weights(synth_data, tmp_path, dropout, optimizer):
+    """With LazySGD too: saving a checkpoint brings deferred rows up to date in the
+    uninterrupted run at the same step, so the resumed run starts from the same values."""
+    opt = [f"model.optimizer={optimizer}"]
+    run(_cfg(synth_data, tmp_path / "full", tmp_path / "p_full", opt, dropout))
 
     cfg = _cfg(synth_data, tmp_path / "cut", tmp_path / "p_cut",
-               ["+callbacks.stop._target_=test_resume.StopAfterEpoch", "+callbacks.stop.epoch=0"])
+               ["+callbacks.stop._target_=test_resume.StopAfterEpoch", "+callbacks.stop.epoch=0", *opt], dropout)
     run(cfg)
     ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["epoch"] == 0
-    run(_cfg(synth_data, tmp_path / "resumed", tmp_path / "p_resumed", [f"ckpt_path={ckpt}"]))
+    run(_cfg(synth_data, tmp_path / "resumed", tmp_path / "p_resumed", [f"ckpt_path={ckpt}", *opt], dropout))
 
     full = torch.load(tmp_path / "p_full" / "rank0.pt")
     cut = torch.load(tmp_path / "p_cut" / "rank0.pt")
