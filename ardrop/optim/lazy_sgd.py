@@ -75,6 +75,7 @@ class _Rows:
         self.n = 0
         self.base = 0
         self.last = torch.zeros(rows, dtype=torch.long, device=device)
+        self.bscale = torch.ones(rows, dtype=torch.float64, device=device)  # buffers' pending factor
         self.maps = torch.eye(2, dtype=torch.float64).unsqueeze(0)
         self.stale = False
         self.coupled = False  # a pending map mixes weight into buffer (weight decay)
@@ -138,38 +139,52 @@ class LazySGD(torch.optim.Optimizer):
         e1, e2 = (mu * mu, wd + mu * c) if group["nesterov"] else (mu, c)
         return torch.tensor([[mu, c], [-lr * e1, 1.0 - lr * e2]], dtype=torch.float64)
 
-    def _catch_up(self, p: torch.Tensor, st: _Rows, dp: int, offset: int) -> None:
-        if not st.stale:
-            return
-        rows = st.last[offset::dp]
-        idx = rows - st.base
-        if int(idx.min()) == len(st.maps) - 1:
-            return  # every row already current
-        m = st.maps[idx].to(p.dtype)  # [rows, 2, 2]
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        w = p if dp == 1 else p[offset::dp]
+    def _catch_up(self, p: torch.Tensor, st: _Rows, dp: int, offset: int, weights_only: bool = False) -> None:
+        """Apply the pending maps to rows ``offset::dp``.
+
+        ``weights_only`` (a read before the forward) brings the weights up to date and,
+        when no weight decay couples them, leaves the buffers' pending factor in
+        ``st.bscale``: the step folds it into its own buffer pass, which saves one pass
+        over the rows.
+        """
         buf = self.state.get(p, {}).get("momentum_buffer")
-        if buf is None:
-            w.mul_(m[:, 1, 1].view(shape))
-        else:
-            b = buf if dp == 1 else buf[offset::dp]
-            if st.coupled:
-                old_b = b.clone()
-                b.mul_(m[:, 0, 0].view(shape)).addcmul_(w, m[:, 0, 1].view(shape))
-                w.mul_(m[:, 1, 1].view(shape)).addcmul_(old_b, m[:, 1, 0].view(shape))
-            else:  # no weight decay: m01 = 0 and m11 = 1 exactly
-                w.addcmul_(b, m[:, 1, 0].view(shape))
-                b.mul_(m[:, 0, 0].view(shape))
-        rows.fill_(st.n)
+        w = p if dp == 1 else p[offset::dp]
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        rows = st.last[offset::dp]
+        bscale = st.bscale[offset::dp]
+        if st.stale and int((rows - st.base).min()) < len(st.maps) - 1:
+            m = st.maps[rows - st.base]  # [rows, 2, 2], float64
+            if buf is None:
+                w.mul_(m[:, 1, 1].to(p.dtype).view(shape))
+            else:
+                b = buf if dp == 1 else buf[offset::dp]
+                if st.coupled:
+                    self._apply_bscale(b, bscale, shape)
+                    m = m.to(p.dtype)
+                    old_b = b.clone()
+                    b.mul_(m[:, 0, 0].view(shape)).addcmul_(w, m[:, 0, 1].view(shape))
+                    w.mul_(m[:, 1, 1].view(shape)).addcmul_(old_b, m[:, 1, 0].view(shape))
+                else:  # no weight decay: m01 = 0 and m11 = 1 exactly
+                    w.addcmul_(b, (m[:, 1, 0] * bscale).to(p.dtype).view(shape))
+                    bscale.mul_(m[:, 0, 0])
+            rows.fill_(st.n)
+        if buf is not None and not weights_only:
+            self._apply_bscale(buf if dp == 1 else buf[offset::dp], bscale, shape)
         if dp == 1:
             st.reset()
+
+    @staticmethod
+    def _apply_bscale(b: torch.Tensor, bscale: torch.Tensor, shape) -> None:
+        if bool((bscale != 1.0).any()):
+            b.mul_(bscale.to(b.dtype).view(shape))
+            bscale.fill_(1.0)
 
     @torch.no_grad()
     def _prepare(self, p: torch.Tensor, dp: int, offset: int) -> None:
         st = self._rows.get(p)
         if st is None:
             return
-        self._catch_up(p, st, dp, offset)
+        self._catch_up(p, st, dp, offset, weights_only=True)
         self._pending.setdefault(p, set()).add((dp, offset) if dp > 1 else _DENSE)
 
     @torch.no_grad()
@@ -199,6 +214,7 @@ class LazySGD(torch.optim.Optimizer):
         for st in self._rows.values():
             st.n = 0
             st.reset()
+            st.bscale.fill_(1.0)  # the loaded buffers are current
         self._pending.clear()
 
     @torch.no_grad()
@@ -225,10 +241,19 @@ class LazySGD(torch.optim.Optimizer):
                 (dp, offset), = rec
                 if self.verify:
                     self._check_zero_outside(p, dp, offset)
-                self._catch_up(p, st, dp, offset)
+                plain = hyper["momentum"] != 0 and not (hyper["weight_decay"] or hyper["dampening"]
+                                                        or hyper["nesterov"] or hyper["maximize"])
+                self._catch_up(p, st, dp, offset, weights_only=plain)
                 w, g = p[offset::dp], p.grad[offset::dp]
-                bufs = [self.state[p]["momentum_buffer"][offset::dp]] if hyper["momentum"] != 0 else [None]
-                torch_sgd([w], [g], bufs, foreach=False, **hyper)
+                if plain:  # buf = g + mu * (pending factor) * buf; w -= lr * buf: two passes
+                    b, bscale = self.state[p]["momentum_buffer"][offset::dp], st.bscale[offset::dp]
+                    coef = (hyper["momentum"] * bscale).to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
+                    torch.addcmul(g, b, coef, out=b)
+                    bscale.fill_(1.0)
+                    w.add_(b, alpha=-hyper["lr"])
+                else:
+                    bufs = [self.state[p]["momentum_buffer"][offset::dp]] if hyper["momentum"] != 0 else [None]
+                    torch_sgd([w], [g], bufs, foreach=False, **hyper)
                 if step_map is None:
                     step_map = self._step_map(group)
                 st.n += 1
