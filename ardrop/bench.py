@@ -1,8 +1,8 @@
 """``python -m ardrop.bench``: whole training steps, Bernoulli dropout vs approximate dropout.
 
-A step is forward, backward, ``torch.optim.SGD(momentum=0.9).step()`` and ``zero_grad()``,
-because that is what training pays for: skipped GEMMs only matter next to everything
-that is not skipped (the optimizer still updates every weight, gradients are full-size).
+A step is forward, backward, an SGD step with momentum 0.9 and ``zero_grad()``, because
+that is what training pays for: skipped GEMMs only matter next to everything that is not
+skipped (torch's optimizer still updates every weight, gradients are full-size).
 
 Method, and why:
 - The baseline is plain torch (``nn.Linear``/``nn.LSTM`` with ``nn.Dropout``), not our
@@ -18,8 +18,10 @@ Method, and why:
   ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` every buffer of 32 MB or more is
   returned to the OS each step and page-faulted back, which taxes the two sides unequally.
   The command re-executes itself with both set when they are missing.
-- ``--optimizers sgd,fused`` adds an opt-in column where *both* sides use torch's fused
-  SGD (``fused=True``); the ``sgd`` (for-each-parameter) measurement is always the primary.
+- ``--optimizers sgd,fused,lazy`` adds opt-in columns: *both* sides with torch's fused SGD
+  (``fused=True``), and ``ardrop.optim.LazySGD`` (the same updates, dropped rows deferred)
+  on the approximate side against torch's SGD on the Bernoulli side. The ``sgd``
+  (for-each-parameter, both sides) measurement is always the primary.
 """
 
 from __future__ import annotations

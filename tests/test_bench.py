@@ -21,7 +21,7 @@ def _run(args, env_extra=None):
 
 def test_bench_smoke_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = _run([*SMALL, "--json", str(out), "--optimizers", "sgd,fused"])
+    proc = _run([*SMALL, "--json", str(out), "--optimizers", "sgd,fused,lazy"])
     assert proc.returncode == 0, proc.stderr
     assert "speedup" in proc.stdout and "ideal" in proc.stdout
     data = json.loads(out.read_text())
@@ -29,7 +29,7 @@ def test_bench_smoke_writes_json(tmp_path):
     assert all(v is not None for v in data["config"]["allocator_env"].values())
     rows = data["results"]
     assert {(r["model"], r["kind"], r["optimizer"]) for r in rows} == {
-        (m, k, o) for m in ("mlp48x40", "lstm2") for k in ("row", "tile") for o in ("sgd", "fused")
+        (m, k, o) for m in ("mlp48x40", "lstm2") for k in ("row", "tile") for o in ("sgd", "fused", "lazy")
     }
     for r in rows:
         assert r["base_ms"] > 0 and r["approx_ms"] > 0 and r["ideal_flop_ratio"] > 1.0
@@ -37,7 +37,8 @@ def test_bench_smoke_writes_json(tmp_path):
         assert all(abs(s["error"]) < 1e-2 for s in r["search"].values())
 
 
-@pytest.mark.parametrize("bad, match", [(["--kinds", "bernoulli"], "--kinds"), (["--models", "resnet"], "unknown model")])
+@pytest.mark.parametrize("bad, match", [(["--kinds", "bernoulli"], "--kinds"), (["--models", "resnet"], "unknown model"),
+                                        (["--optimizers", "adam"], "--optimizers")])
 def test_bench_rejects_bad_options(bad, match):
     proc = _run([*SMALL, *bad, "--json", os.devnull])
     assert proc.returncode != 0 and match in proc.stderr
