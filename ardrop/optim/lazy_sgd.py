@@ -42,6 +42,15 @@ _OWNERS = WeakTensorKeyDictionary()  # parameter -> weakref to the LazySGD manag
 _DENSE = (1, 0)
 
 
+def _identity_maps() -> torch.Tensor:
+    return torch.eye(2, dtype=torch.float64).unsqueeze(0)
+
+
+def _row_shape(p: torch.Tensor) -> tuple:
+    """Shape that broadcasts one coefficient per row over the rest of ``p``."""
+    return (-1,) + (1,) * (p.dim() - 1)
+
+
 def before_read(param: torch.Tensor, dp: int = 1, offset: int = 0) -> None:
     """Bring rows ``offset::dp`` of ``param`` up to date and note them as this step's rows."""
     if param is None:
@@ -76,14 +85,14 @@ class _Rows:
         self.base = 0
         self.last = torch.zeros(rows, dtype=torch.long, device=device)
         self.bscale = torch.ones(rows, dtype=torch.float64, device=device)  # buffers' pending factor
-        self.maps = torch.eye(2, dtype=torch.float64).unsqueeze(0)
+        self.maps = _identity_maps()
         self.stale = False
         self.coupled = False  # a pending map mixes weight into buffer (weight decay)
 
     def reset(self) -> None:
         self.last.fill_(self.n)
         self.base = self.n
-        self.maps = torch.eye(2, dtype=torch.float64).unsqueeze(0)
+        self.maps = _identity_maps()
         self.stale = False
         self.coupled = False
 
@@ -148,8 +157,10 @@ class LazySGD(torch.optim.Optimizer):
         over the rows.
         """
         buf = self.state.get(p, {}).get("momentum_buffer")
-        w = p if dp == 1 else p[offset::dp]
-        shape = (-1,) + (1,) * (p.dim() - 1)
+        if not st.stale and (weights_only or buf is None):
+            return  # nothing deferred (the common case for parameters read densely every step)
+        w = p[offset::dp]
+        shape = _row_shape(p)
         rows = st.last[offset::dp]
         bscale = st.bscale[offset::dp]
         if st.stale and int((rows - st.base).min()) < len(st.maps) - 1:
@@ -157,7 +168,7 @@ class LazySGD(torch.optim.Optimizer):
             if buf is None:
                 w.mul_(m[:, 1, 1].to(p.dtype).view(shape))
             else:
-                b = buf if dp == 1 else buf[offset::dp]
+                b = buf[offset::dp]
                 if st.coupled:
                     self._apply_bscale(b, bscale, shape)
                     m = m.to(p.dtype)
@@ -169,8 +180,8 @@ class LazySGD(torch.optim.Optimizer):
                     bscale.mul_(m[:, 0, 0])
             rows.fill_(st.n)
         if buf is not None and not weights_only:
-            self._apply_bscale(buf if dp == 1 else buf[offset::dp], bscale, shape)
-        if dp == 1:
+            self._apply_bscale(buf[offset::dp], bscale, shape)
+        if dp == 1 and st.stale:
             st.reset()
 
     @staticmethod
@@ -226,6 +237,8 @@ class LazySGD(torch.optim.Optimizer):
         pending, self._pending = self._pending, {}
         for group in self.param_groups:
             hyper = {k: group[k] for k in ("weight_decay", "momentum", "lr", "dampening", "nesterov", "maximize")}
+            plain = hyper["momentum"] != 0 and not (hyper["weight_decay"] or hyper["dampening"]
+                                                    or hyper["nesterov"] or hyper["maximize"])
             step_map = None
             for p in group["params"]:
                 if p.grad is None:
@@ -241,24 +254,22 @@ class LazySGD(torch.optim.Optimizer):
                 (dp, offset), = rec
                 if self.verify:
                     self._check_zero_outside(p, dp, offset)
-                plain = hyper["momentum"] != 0 and not (hyper["weight_decay"] or hyper["dampening"]
-                                                        or hyper["nesterov"] or hyper["maximize"])
                 self._catch_up(p, st, dp, offset, weights_only=plain)
                 w, g = p[offset::dp], p.grad[offset::dp]
+                b = self.state[p]["momentum_buffer"][offset::dp] if hyper["momentum"] != 0 else None
                 if plain:  # buf = g + mu * (pending factor) * buf; w -= lr * buf: two passes
-                    b, bscale = self.state[p]["momentum_buffer"][offset::dp], st.bscale[offset::dp]
-                    coef = (hyper["momentum"] * bscale).to(p.dtype).view((-1,) + (1,) * (p.dim() - 1))
-                    torch.addcmul(g, b, coef, out=b)
+                    bscale = st.bscale[offset::dp]
+                    torch.addcmul(g, b, (hyper["momentum"] * bscale).to(p.dtype).view(_row_shape(p)), out=b)
                     bscale.fill_(1.0)
                     w.add_(b, alpha=-hyper["lr"])
                 else:
-                    bufs = [self.state[p]["momentum_buffer"][offset::dp]] if hyper["momentum"] != 0 else [None]
+                    bufs = [b]
                     torch_sgd([w], [g], bufs, foreach=False, **hyper)
                 if step_map is None:
                     step_map = self._step_map(group)
                 st.n += 1
                 st.last[offset::dp] = st.n
-                st.maps = torch.cat([step_map @ st.maps, torch.eye(2, dtype=torch.float64).unsqueeze(0)])
+                st.maps = torch.cat([step_map @ st.maps, _identity_maps()])
                 st.stale = True
                 st.coupled = st.coupled or hyper["weight_decay"] != 0
                 if st.n - st.base >= self.window:
