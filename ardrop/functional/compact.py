@@ -7,8 +7,10 @@ kept columns need one gather of the kept block only (``|O| * |I|`` elements).
 
 The weight gradient is still handed to autograd as a full-size tensor, exactly zero
 outside ``O x I``, because DDP buckets, clipping, AMP scalers and optimizers all expect
-``param.grad`` to have the parameter's shape. The compact GEMM writes straight into a
-strided view of that tensor when the view is BLAS-compatible, so there is no second pass.
+``param.grad`` to have the parameter's shape. It is a recycled buffer (see
+`_grad_buffers`): only the previous step's rows are re-zeroed, not the whole matrix.
+The compact GEMM writes straight into a strided view of it when the view is
+BLAS-compatible, so there is no second pass.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ardrop.functional._common import (
     check_scale,
     cuda_op,
 )
+from ardrop.functional._grad_buffers import gradient_buffer, seal
 from ardrop.optim.lazy_sgd import before_read
 
 
@@ -30,20 +33,9 @@ def _rows(t: torch.Tensor, dp: int, offset: int) -> torch.Tensor:
     return t if dp == 1 else t[offset::dp]
 
 
-def _zero_other_rows(t: torch.Tensor, dp: int, offset: int) -> torch.Tensor:
-    """Zero every row except ``offset::dp`` with at most three strided fills."""
-    if dp == 1:
-        return t
-    n = t.shape[0]
-    whole = n - n % dp
-    if whole:
-        groups = t[:whole].view(whole // dp, dp, *t.shape[1:])
-        if offset:
-            groups[:, :offset].zero_()
-        if offset + 1 < dp:
-            groups[:, offset + 1 :].zero_()
-    t[whole:].zero_()  # ragged tail; a kept row there is overwritten afterwards
-    return t
+def _zero_block_rows(buf: torch.Tensor, region) -> None:
+    """Zero the rows of an earlier step's block (whole rows: strided columns touch every line anyway)."""
+    _rows(buf, region[0], region[1]).zero_()
 
 
 def _kept_block(weight: torch.Tensor, out_dp, out_off, in_dp, in_off) -> torch.Tensor:
@@ -88,14 +80,12 @@ class _CompactLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = _scaled_mm(gz, wk, alpha)
         if ctx.needs_input_grad[1]:
-            if in_dp == 1:
-                # Kept rows are written whole by the GEMM, so only the others need zeros.
-                gw = _zero_other_rows(torch.empty_like(weight, memory_format=torch.contiguous_format), out_dp, out_off)
-                _scaled_mm(gz.t(), x, alpha, out=_rows(gw, out_dp, out_off))  # compact GEMM in place
+            gw = gradient_buffer(weight, (out_dp, out_off, in_dp, in_off), _zero_block_rows)
+            if in_dp == 1:  # the compact GEMM writes the kept rows in place, no second pass
+                _scaled_mm(gz.t(), x, alpha, out=_rows(gw, out_dp, out_off))
             else:
-                gw = torch.zeros_like(weight, memory_format=torch.contiguous_format)
-                rows = _rows(gw, out_dp, out_off)
-                rows[:, in_off::in_dp].copy_(_scaled_mm(gz.t(), x, alpha))
+                _rows(gw, out_dp, out_off)[:, in_off::in_dp].copy_(_scaled_mm(gz.t(), x, alpha))
+            seal(weight, gw)
         if has_bias and ctx.needs_input_grad[2]:
             gb = grad_y.new_zeros(weight.shape[0])
             torch.sum(gz, 0, out=_rows(gb, out_dp, out_off))

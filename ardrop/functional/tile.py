@@ -8,7 +8,8 @@ Tile ``(i, j)`` is kept iff ``(i + j) % dp == offset``. Grouping tile-rows by re
 
 and likewise for both gradients. The kept block of each class is gathered (``1/dp`` of the
 weight) through 4-D tile views whose inner runs are whole tile rows, and scattered back
-the same way into the full-size, otherwise-zero weight gradient. Ragged edge tiles (a
+the same way into the full-size, otherwise-zero weight gradient (a recycled buffer in
+which only the previous step's tiles are re-zeroed, see `_grad_buffers`). Ragged edge tiles (a
 width that is not a multiple of the tile size) are separate, smaller views of the same
 class, so no padding copy is ever made.
 """
@@ -26,6 +27,7 @@ from ardrop.functional._common import (
     check_scale,
     cuda_op,
 )
+from ardrop.functional._grad_buffers import gradient_buffer, seal
 from ardrop.optim.lazy_sgd import flush_params
 from ardrop.patterns import Pattern
 
@@ -119,6 +121,16 @@ def _mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=alpha)
 
 
+def _zero_tiles(buf: torch.Tensor, region) -> None:
+    """Zero the kept tiles of an earlier step's pattern ``(dp, offset, tile)`` (1/dp of ``buf``)."""
+    dp, offset, t = region
+    classes, _ = _classes(buf.shape[0], buf.shape[1], t, dp, offset)
+    for k in classes:
+        for v in _block_views(buf, t, k.a, k.c, dp, k.rseg, k.cseg):
+            if v is not None:
+                v.zero_()
+
+
 class _TileLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, dp, offset, t, scale, relu):
@@ -161,7 +173,7 @@ class _TileLinear(torch.autograd.Function):
         # grad_x columns of a class with no kept tile stay zero; zero-fill only then.
         full_cover = sum(k.cseg[2] for k in classes) == x.shape[1]
         gx = (x.new_empty(x.shape) if full_cover else x.new_zeros(x.shape)) if need_x else None
-        gw = torch.zeros_like(weight, memory_format=torch.contiguous_format) if need_w else None
+        gw = gradient_buffer(weight, (dp, offset, t), _zero_tiles) if need_w else None
         for n, k in enumerate(classes):
             wk, xc = saved[2 * n], saved[2 * n + 1]
             gzk = _gather(gz, t, k.a, dp, k.rseg)
@@ -172,6 +184,8 @@ class _TileLinear(torch.autograd.Function):
                     _block_views(gw, t, k.a, k.c, dp, k.rseg, k.cseg),
                     _block_views(_mm(gzk.t(), xc, scale), t, 0, 0, 1, k.rseg, k.cseg, True),
                 )
+        if need_w:
+            seal(weight, gw)
         gb = gz.sum(0) if has_bias and need_b else None
         return gx, gw, gb, None, None, None, None, None
 

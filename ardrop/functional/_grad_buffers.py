@@ -1,0 +1,91 @@
+"""Recycled full-size weight-gradient buffers for the skip-the-dropped-work ops.
+
+Why: ``param.grad`` must be full-size (DDP, clipping, AMP and optimizers expect it), but
+only the kept block is non-zero. Allocating and zero-filling a fresh full-size gradient
+every step costs as much as the kept GEMMs themselves at 4096 wide, and the memory is
+cold. A step's gradient differs from the previous one only on the two kept blocks, so
+each weight keeps one buffer: before reuse only the *previous* block is zeroed, then the
+op writes its new block. ``optimizer.zero_grad()`` (``set_to_none=True``, torch's
+default) hands the buffer back.
+
+The buffer is reused only when nothing else can see it, else a fresh zero tensor is used:
+- someone still holds it (``param.grad`` was not set to None, a saved reference, a
+  gradient-accumulation step): checked with the storage's use count;
+- it was written in place since the op filled it (clipping, AMP unscaling, DDP's
+  copy-back, a hand-written ``grad.add_``): checked with the tensor version counter,
+  which every alias shares; the whole buffer is then zeroed, because the zeros outside
+  the block are no longer known to be zeros.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.utils.weak import WeakTensorKeyDictionary
+
+_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+class _Buffer:
+    __slots__ = ("tensor", "region", "version", "idle_count")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+        self.region = None  # key of the block written last, or None: all zero
+        self.version = tensor._version
+        self.idle_count = _storage_count(tensor)  # the count when only this record holds it
+
+    def idle(self) -> bool:
+        return _storage_count(self.tensor) == self.idle_count
+
+
+_BUFFERS = WeakTensorKeyDictionary()  # weight -> _Buffer
+enabled = True  # module switch (tests measure against a fresh zero tensor with it off)
+
+
+def _storage_count(t: torch.Tensor) -> int:
+    return _use_count(t.untyped_storage()._cdata)
+
+
+def gradient_buffer(
+    weight: torch.Tensor,
+    region,
+    zero_region: Callable[[torch.Tensor, object], None],
+) -> torch.Tensor:
+    """A contiguous tensor shaped like ``weight``, zero everywhere except possibly ``region``.
+
+    The caller then writes the whole of ``region`` and calls `seal`. ``region`` is any
+    hashable key for the block; ``zero_region(buf, key)`` zeroes the block of an earlier key.
+    """
+    rec = _BUFFERS.get(weight) if enabled and _use_count is not None else None
+    if rec is not None and (rec.tensor.shape != weight.shape or rec.tensor.dtype != weight.dtype
+                            or rec.tensor.device != weight.device):
+        rec = None  # the weight was replaced in place by one of another shape or type
+    if rec is None:
+        if enabled and _use_count is not None:
+            rec = _Buffer(torch.zeros_like(weight, memory_format=torch.contiguous_format))
+            _BUFFERS[weight] = rec
+        else:
+            return torch.zeros_like(weight, memory_format=torch.contiguous_format)
+    elif not rec.idle():
+        return torch.zeros_like(weight, memory_format=torch.contiguous_format)  # still in use elsewhere
+    elif rec.tensor._version != rec.version:
+        rec.tensor.zero_()  # written in place since: its zeros are not known any more
+    elif rec.region is not None and rec.region != region:
+        zero_region(rec.tensor, rec.region)
+    rec.region = region
+    rec.version = -1  # not sealed: a fill that stops half-way must not be trusted
+    return rec.tensor.detach()  # an alias: autograd can take it as param.grad without a copy
+
+
+def seal(weight: torch.Tensor, grad: torch.Tensor) -> None:
+    """Record that ``grad`` (from `gradient_buffer`) now holds exactly its region's block."""
+    rec = _BUFFERS.get(weight)
+    if rec is not None and rec.tensor.data_ptr() == grad.data_ptr():
+        rec.version = rec.tensor._version
+
+
+def release_all() -> None:
+    """Forget every buffer (frees their memory once no gradient refers to them)."""
+    _BUFFERS.clear()
