@@ -28,7 +28,7 @@ from ardrop.functional._common import (
     cuda_op,
 )
 from ardrop.functional._grad_buffers import gradient_buffer, seal
-from ardrop.optim.lazy_sgd import before_read_units, flush_params
+from ardrop.optim.lazy_sgd import flush_params
 from ardrop.patterns import Pattern
 
 
@@ -104,63 +104,6 @@ def _classes(out_features: int, in_features: int, t: int, dp: int, offset: int):
         elif rseg[2]:
             empty_rows.append((a, rseg))
     return tuple(classes), tuple(empty_rows)
-
-
-class TileSelection:
-    """The kept tiles of ``(dp, offset)`` as views, so that `LazySGD` can defer the others.
-
-    One unit per tile: a per-unit tensor has the tile grid's shape. `pieces` are the same
-    views the op reads and writes (full tiles, ragged edges), in the order `coef_shapes`
-    and `unit_pieces` follow.
-    """
-
-    def __init__(self, out_features: int, in_features: int, dp: int, offset: int, t: int) -> None:
-        self.shape, self.dp, self.t = (out_features, in_features), dp, t
-        self.key = ("tile", dp, offset, t)
-        self.unit_kind = ("tile", t)
-        self.is_dense = dp == 1
-        self.classes = _classes(out_features, in_features, t, dp, offset)[0]
-
-    def units_shape(self, p: torch.Tensor) -> tuple:
-        return tuple(-(-n // self.t) for n in self.shape)
-
-    def dense(self) -> "TileSelection":
-        return TileSelection(*self.shape, 1, 0, self.t)
-
-    def pieces(self, m: torch.Tensor) -> list:
-        out = []
-        for k in self.classes:
-            out += [v for v in _block_views(m, self.t, k.a, k.c, self.dp, k.rseg, k.cseg) if v is not None]
-        return out
-
-    def unit_pieces(self, u: torch.Tensor) -> list:
-        full_r, full_c = self.shape[0] // self.t, self.shape[1] // self.t
-        dp, out = self.dp, []
-        for k in self.classes:
-            rows, cols = slice(k.a, full_r, dp), slice(k.c, full_c, dp)
-            edge_r, edge_c = slice(full_r, full_r + 1), slice(full_c, full_c + 1)
-            if k.rseg[0] and k.cseg[0]:
-                out.append(u[rows, cols])
-            if k.rseg[0] and k.cseg[1]:
-                out.append(u[rows, full_c])
-            if k.rseg[1] and k.cseg[0]:
-                out.append(u[full_r, cols])
-            if k.rseg[1] and k.cseg[1]:
-                out.append(u[edge_r, edge_c])
-        return out
-
-    def coef_shapes(self, p: torch.Tensor, units: list) -> list:
-        shapes = []
-        for k in self.classes:
-            if k.rseg[0] and k.cseg[0]:
-                shapes.append((k.rseg[0], 1, k.cseg[0], 1))
-            if k.rseg[0] and k.cseg[1]:
-                shapes.append((k.rseg[0], 1, 1))
-            if k.rseg[1] and k.cseg[0]:
-                shapes.append((1, k.cseg[0], 1))
-            if k.rseg[1] and k.cseg[1]:
-                shapes.append((1, 1))
-        return shapes
 
 
 def _gather(m: torch.Tensor, t: int, cls: int, dp: int, seg) -> torch.Tensor:
@@ -284,8 +227,7 @@ def tile_linear(
     relu = bool(relu)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_features)
-    before_read_units(weight, TileSelection(out_features, in_features, dp, offset, tile))  # a LazySGD
-    flush_params(bias)  # catches up the kept tiles; the bias gets a gradient everywhere
+    flush_params(weight, bias)  # tiles cut across rows: a LazySGD updates this weight densely
     op = cuda_op("tile_linear_cuda", x, backend)
     if op is not None:
         y = op(x2, weight, bias, dp, offset, tile, scale, relu)
