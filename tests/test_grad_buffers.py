@@ -121,3 +121,15 @@ def test_disabled_switch_allocates_fresh_gradients(monkeypatch):
         ptrs.append(w.grad)  # keep them alive so addresses cannot repeat by chance
         w.grad = None
     assert len({p.data_ptr() for p in ptrs}) == 3
+
+
+def test_row_and_tile_ops_sharing_a_weight_zero_each_others_blocks():
+    rng = random.Random(11)
+    w, b = _leaf(5)
+    for step in range(30):
+        kind = rng.choice(["row", "tile"])
+        case = _compact_case(rng) if kind == "row" else _tile_case(rng)
+        rw = _run(kind, w, b, case, step)
+        assert _err(w.grad, rw) < 1e-5, (step, kind, case)
+        assert (w.grad.double()[rw == 0] == 0).all(), (step, kind, case)
+        w.grad = b.grad = None

@@ -32,7 +32,7 @@ class _Buffer:
 
     def __init__(self, tensor: torch.Tensor) -> None:
         self.tensor = tensor
-        self.region = None  # key of the block written last, or None: all zero
+        self.region = None  # (zeroer, key) of the block written last, or None: all zero
         self.version = tensor._version
         self.idle_count = _storage_count(tensor)  # the count when only this record holds it
 
@@ -72,9 +72,9 @@ def gradient_buffer(
         return torch.zeros_like(weight, memory_format=torch.contiguous_format)  # still in use elsewhere
     elif rec.tensor._version != rec.version:
         rec.tensor.zero_()  # written in place since: its zeros are not known any more
-    elif rec.region is not None and rec.region != region:
-        zero_region(rec.tensor, rec.region)
-    rec.region = region
+    elif rec.region is not None and rec.region != (zero_region, region):
+        rec.region[0](rec.tensor, rec.region[1])  # the op that wrote it knows its block's shape
+    rec.region = (zero_region, region)
     rec.version = -1  # not sealed: a fill that stops half-way must not be trusted
     return rec.tensor.detach()  # an alias: autograd can take it as param.grad without a copy
 
