@@ -62,11 +62,11 @@ def _err(got, ref):
 def test_every_step_matches_reference_while_buffer_is_recycled(kind):
     rng = random.Random(7)
     w, b = _leaf(1)
-    ptrs = set()
+    ptrs, prev = set(), None
     for step in range(60):
         case = _compact_case(rng) if kind == "row" else _tile_case(rng)
         if step % 7 == 3:
-            case = prev  # the same block twice in a row: nothing to re-zero  # noqa: F821
+            case = prev  # the same block twice in a row: nothing to re-zero
         rw = _run(kind, w, b, case, step)
         assert _err(w.grad, rw) < 1e-5, (step, case)
         assert (w.grad.double()[rw == 0] == 0).all(), (step, case)  # no stale block survives

@@ -48,6 +48,10 @@ def _storage_count(t: torch.Tensor) -> int:
     return _use_count(t.untyped_storage()._cdata)
 
 
+def _fresh(weight: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(weight, memory_format=torch.contiguous_format)
+
+
 def gradient_buffer(
     weight: torch.Tensor,
     region,
@@ -58,18 +62,14 @@ def gradient_buffer(
     The caller then writes the whole of ``region`` and calls `seal`. ``region`` is any
     hashable key for the block; ``zero_region(buf, key)`` zeroes the block of an earlier key.
     """
-    rec = _BUFFERS.get(weight) if enabled and _use_count is not None else None
-    if rec is not None and (rec.tensor.shape != weight.shape or rec.tensor.dtype != weight.dtype
-                            or rec.tensor.device != weight.device):
-        rec = None  # the weight was replaced in place by one of another shape or type
-    if rec is None:
-        if enabled and _use_count is not None:
-            rec = _Buffer(torch.zeros_like(weight, memory_format=torch.contiguous_format))
-            _BUFFERS[weight] = rec
-        else:
-            return torch.zeros_like(weight, memory_format=torch.contiguous_format)
+    if not enabled or _use_count is None:
+        return _fresh(weight)
+    rec = _BUFFERS.get(weight)
+    if rec is None or (rec.tensor.shape, rec.tensor.dtype, rec.tensor.device) != (
+            weight.shape, weight.dtype, weight.device):  # new, or replaced by another shape or type
+        rec = _BUFFERS[weight] = _Buffer(_fresh(weight))
     elif not rec.idle():
-        return torch.zeros_like(weight, memory_format=torch.contiguous_format)  # still in use elsewhere
+        return _fresh(weight)  # still in use elsewhere
     elif rec.tensor._version != rec.version:
         rec.tensor.zero_()  # written in place since: its zeros are not known any more
     elif rec.region is not None and rec.region != (zero_region, region):
@@ -84,8 +84,3 @@ def seal(weight: torch.Tensor, grad: torch.Tensor) -> None:
     rec = _BUFFERS.get(weight)
     if rec is not None and rec.tensor.data_ptr() == grad.data_ptr():
         rec.version = rec.tensor._version
-
-
-def release_all() -> None:
-    """Forget every buffer (frees their memory once no gradient refers to them)."""
-    _BUFFERS.clear()
