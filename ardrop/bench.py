@@ -13,8 +13,13 @@ Method, and why:
   steps (the realised dp counts match the distribution), repeated ``--rounds`` times; the
   estimate is the per-position median over rounds, averaged over the period. That is the
   mean time per training step, robust to outliers from a noisy machine.
-- Both sides run in the same process, interleaved step by step (AB, BA, AB, ...), after
-  warm-up, under the same glibc allocator settings: without raised
+- Both sides run in the same process, interleaved, after warm-up. By default each side
+  runs one whole period at a time and the sides alternate every period (AB, BA, ...), each
+  block after one untimed step: consecutive steps of one model are what training runs,
+  while alternating every step (``--interleave step``) starts every step in the other
+  model's cache footprint, which taxes the side with the smaller working set most.
+  Alternating periods (well under a second each) still cancels drift of the machine.
+- Both sides run under the same glibc allocator settings: without raised
   ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` every buffer of 32 MB or more is
   returned to the OS each step and page-faulted back, which taxes the two sides unequally.
   The command re-executes itself with both set when they are missing.
@@ -208,22 +213,37 @@ def gemm_flops(spec: ModelSpec, kind: str, patterns, tile: int) -> float:
 
 
 # ---- timing --------------------------------------------------------------------------
-def time_pair(base_step, approx_step, set_step, steps, rounds, warmup):
-    """Interleaved timings: ``t[side][round][position]`` in seconds."""
+def time_pair(base_step, approx_step, set_step, steps, rounds, warmup, interleave="period"):
+    """Interleaved timings: ``t[side][round][position]`` in seconds.
+
+    ``interleave="period"`` times a whole period of one side, then of the other (the
+    order swaps every round), each block after one untimed step; ``"step"`` alternates
+    the sides every step (AB, BA, ...).
+    """
     for w in range(warmup):
         set_step(w % steps)
         approx_step()
         base_step()
     times = {"base": [], "approx": []}
-    for _ in range(rounds):
+    order = (("base", base_step), ("approx", approx_step))
+    for r in range(rounds):
         row = {"base": [], "approx": []}
-        for s in range(steps):
-            set_step(s)
-            order = (("base", base_step), ("approx", approx_step))
-            for side, fn in order if s % 2 == 0 else order[::-1]:
-                t0 = time.perf_counter()
-                fn()
-                row[side].append(time.perf_counter() - t0)
+        if interleave == "step":
+            for s in range(steps):
+                set_step(s)
+                for side, fn in order if s % 2 == 0 else order[::-1]:
+                    t0 = time.perf_counter()
+                    fn()
+                    row[side].append(time.perf_counter() - t0)
+        else:
+            for side, fn in order if r % 2 == 0 else order[::-1]:
+                set_step(steps - 1)
+                fn()  # untimed: back to this model's own steady state
+                for s in range(steps):
+                    set_step(s)
+                    t0 = time.perf_counter()
+                    fn()
+                    row[side].append(time.perf_counter() - t0)
         for side in times:
             times[side].append(row[side])
     return times
@@ -248,7 +268,8 @@ def bench_one(spec, kind, rate, optimizer, args):
     gen = torch.Generator().manual_seed(args.seed)
     batch = make_batch(spec, gen)
     times = time_pair(make_step(base, spec, batch, baseline_optimizer(optimizer)),
-                      make_step(approx, spec, batch, optimizer), set_step, steps, args.rounds, args.warmup)
+                      make_step(approx, spec, batch, optimizer), set_step, steps, args.rounds, args.warmup,
+                      args.interleave)
     base_mean, base_med = summarize(times["base"])
     approx_mean, approx_med = summarize(times["approx"])
     dense = gemm_flops(spec, kind, [None] * len(seqs), args.tile)
@@ -283,6 +304,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=24, help="timed steps per round (one pattern-sequence period)")
     p.add_argument("--rounds", type=int, default=3, help="rounds over the period; per-position median")
     p.add_argument("--warmup", type=int, default=8)
+    p.add_argument("--interleave", choices=("period", "step"), default="period",
+                   help="alternate the sides every period (default: each model in its own steady state) "
+                        "or every step (each step starts in the other model's cache footprint)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--max-dp", type=int, default=8, help="largest pattern N searched per site (capped by shape)")
     p.add_argument("--method", choices=("sgd", "maxent"), default="sgd", help="pattern-distribution search")

@@ -42,3 +42,23 @@ def test_bench_smoke_writes_json(tmp_path):
 def test_bench_rejects_bad_options(bad, match):
     proc = _run([*SMALL, *bad, "--json", os.devnull])
     assert proc.returncode != 0 and match in proc.stderr
+
+
+@pytest.mark.parametrize("interleave", ["period", "step"])
+def test_time_pair_order(interleave):
+    """Which side runs when, with which pattern position: the timing protocol itself."""
+    from ardrop.bench import time_pair
+
+    calls, pos = [], [None]
+
+    def side(name):
+        return lambda: calls.append((name, pos[0]))
+
+    times = time_pair(side("b"), side("a"), lambda s: pos.__setitem__(0, s), steps=3, rounds=2, warmup=0,
+                      interleave=interleave)
+    assert [len(r) for r in times["base"]] == [3, 3] and [len(r) for r in times["approx"]] == [3, 3]
+    if interleave == "step":
+        assert calls == [("b", 0), ("a", 0), ("a", 1), ("b", 1), ("b", 2), ("a", 2)] * 2
+    else:  # one untimed step at the period's last position, then the period; order swaps per round
+        b, a = [("b", 2), ("b", 0), ("b", 1), ("b", 2)], [("a", 2), ("a", 0), ("a", 1), ("a", 2)]
+        assert calls == b + a + a + b
