@@ -97,8 +97,115 @@ def test_a_parameter_without_grad_is_skipped_as_torch_does():
     _assert_same(*_run_pair(dict(lr=0.05, momentum=0.9), steps=30, skip_grad_at=(3, 4, 17)))
 
 
-def test_tile_layers_get_dense_steps():
+def test_tile_layers_are_lazy_too():
     _assert_same(*_run_pair(dict(lr=0.05, momentum=0.9), steps=20, kind="tile"))
+    _assert_same(*_run_pair(dict(lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True), steps=20, kind="tile"))
+
+
+def _written_by_step(model, layer, opt, x, patterns):
+    """Run one step per entry of ``patterns``; which stored elements (weight or buffer) did the last write?"""
+    for pats in patterns:
+        for site_layer, p in zip(model.hidden if hasattr(model, "hidden") else [model], pats):
+            site_layer.site.set_pattern(p)
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        stored = (layer.weight.detach().clone(), opt.state[layer.weight]["momentum_buffer"].clone()
+                  if layer.weight in opt.state else None)
+        has_grad = layer.weight.grad != 0
+        opt.step()
+    buf = opt.state[layer.weight]["momentum_buffer"]
+    written = (layer.weight.detach() != stored[0]) | (buf != stored[1])
+    assert torch.equal(written, has_grad)  # exactly the elements with a gradient were written
+    return written
+
+
+def test_only_the_read_region_is_written():
+    """Dropped rows, and dropped tiles, stay untouched until a flush (they still move: momentum)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    cases = [(ApproxLinear(16, 12, kind="row", rate=0.5), Pattern("row", 3, 1)),
+             (ApproxLinear(16, 12, kind="tile", rate=0.5, tile=4), Pattern("tile", 3, 2, 4))]
+    for layer, pattern in cases:
+        layer = layer.double()
+        opt = LazySGD(layer.parameters(), lr=0.1, momentum=0.9)
+        # a dense step makes every buffer nonzero; then the frame is not the identity any more
+        dense = Pattern(pattern.kind, 1, 0, pattern.tile)
+        written = _written_by_step(layer, layer, opt, x, [[dense], [pattern], [pattern]])
+        if pattern.kind == "row":
+            kept = pattern.row_mask(12).bool()[:, None].expand(12, 16)
+        else:
+            kept = pattern.tile_mask(12, 16).bool()
+        assert torch.equal(written, kept), pattern
+        frozen = layer.weight.detach().clone()
+        opt.flush()
+        assert not torch.equal(layer.weight.detach()[~kept], frozen[~kept])  # momentum moved them
+
+
+def test_compact_chaining_skips_dropped_input_columns():
+    """The second layer's update touches its kept rows' kept columns only."""
+    torch.manual_seed(0)
+    model = ApproxMLP((6, 12, 10, 3), kind="row", rates=0.5).double()
+    opt = LazySGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(64, 6, dtype=torch.float64)
+    dense, sparse = (Pattern("row", 1, 0), Pattern("row", 1, 0)), (Pattern("row", 3, 2), Pattern("row", 2, 1))
+    written = _written_by_step(model, model.hidden[1], opt, x, [dense, sparse, sparse])
+    region = torch.zeros(10, 12, dtype=torch.bool)
+    region[1::2, 2::3] = True
+    assert written[region].sum() >= 5 and not written[~region].any()  # (dead ReLUs give zero gradients)
+
+
+@pytest.mark.parametrize("kind, tie", [("row", False), ("tile", False), ("row", True)])
+def test_lstm_lm_with_lazy_sgd_equals_torch_sgd(kind, tie):
+    """Every read path of the LM (fused layers, compact/tile consumers, dense dp=1 and eval
+    paths, an embedding tied to the decoder) must see current weights."""
+    from ardrop.nn import ApproxLSTMLM
+
+    torch.manual_seed(0)
+    model = ApproxLSTMLM(11, 8, 2, kind=kind, rates=0.5, tile=4, tie_weights=tie).double()
+    ref = copy.deepcopy(model)
+    hyper = dict(lr=0.3, momentum=0.9, weight_decay=1e-3)
+    opt, ref_opt = LazySGD(model.parameters(), verify=True, **hyper), torch.optim.SGD(ref.parameters(), **hyper)
+    rng, gen = random.Random(2), torch.Generator().manual_seed(3)
+    for s in range(25):
+        tokens = torch.randint(0, 11, (5, 3), generator=gen)
+        pats = []
+        for site in model.sites:
+            dp = rng.randint(1, min(4, site.max_dp))
+            pats.append(Pattern(kind, dp, rng.randrange(dp), 4))
+        for m, o in ((model, opt), (ref, ref_opt)):
+            m.train(s % 7 != 6)  # an eval-mode step now and then: dense reads
+            for site, p in zip(m.sites, pats):
+                site.set_pattern(p)
+            o.zero_grad()
+            logits, _ = m(tokens)
+            F.cross_entropy(logits.reshape(-1, 11), tokens.reshape(-1)).backward()
+            o.step()
+    _assert_same(model, ref, opt, ref_opt)
+    model.eval()
+    ref.eval()
+    assert torch.allclose(model(tokens)[0], ref(tokens)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_an_unroutable_read_gets_a_dense_step():
+    """``before_read(p, None)`` (a kernel reading the stored tensor) flushes and steps densely."""
+    from ardrop.optim import before_read
+
+    torch.manual_seed(0)
+    layer = ApproxLinear(6, 8, kind="row", rate=0.5).double()
+    ref = copy.deepcopy(layer)
+    opt, ref_opt = LazySGD(layer.parameters(), lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    for s in range(4):
+        for m, o in ((layer, opt), (ref, ref_opt)):
+            m.site.set_pattern(Pattern("row", 2, s % 2))
+            o.zero_grad()
+            m(x).square().sum().backward()
+            if m is layer and s == 3:
+                before_read(m.weight, None)
+                assert torch.allclose(m.weight, ref.weight, rtol=1e-12, atol=1e-12)  # made current at once
+            o.step()
+    assert opt._frames[layer.weight].identity  # the dense step left nothing pending
+    _assert_same(layer, ref, opt, ref_opt)
 
 
 def test_rows_really_are_deferred():
@@ -207,3 +314,23 @@ def test_one_parameter_one_optimizer():
     with pytest.raises(ValueError, match="another LazySGD"):
         LazySGD(layer.parameters(), lr=0.1)
     del keep
+
+
+@pytest.mark.parametrize("shape, tile", [((12, 16), 4), ((13, 18), 4), ((70, 45), 32)])
+def test_regions_cover_exactly_the_kept_elements(shape, tile):
+    """The optimizer writes what a region's views cover: that must be the pattern's kept set."""
+    from ardrop.functional.tile import tile_region
+    from ardrop.optim import rows_region
+
+    for dp in range(1, 5):
+        for off in range(dp):
+            m = torch.zeros(shape)
+            for v in tile_region(*shape, tile, dp, off).views(m):
+                v.add_(1)
+            assert torch.equal(m, Pattern("tile", dp, off, tile).tile_mask(*shape)), (dp, off)
+            for in_dp, in_off in ((1, 0), (3, 1)):
+                m = torch.zeros(shape)
+                for v in rows_region(dp, off, in_dp, in_off).views(m):
+                    v.add_(1)
+                expect = Pattern("row", dp, off).row_mask(shape[0])[:, None] * Pattern("row", in_dp, in_off).row_mask(shape[1])
+                assert torch.equal(m, expect), (dp, off, in_dp, in_off)

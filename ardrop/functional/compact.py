@@ -25,7 +25,7 @@ from ardrop.functional._common import (
     cuda_op,
 )
 from ardrop.functional._grad_buffers import gradient_buffer, seal
-from ardrop.optim.lazy_sgd import before_read
+from ardrop.optim.lazy_sgd import before_read, rows_region
 
 
 def _rows(t: torch.Tensor, dp: int, offset: int) -> torch.Tensor:
@@ -38,7 +38,10 @@ def _zero_block_rows(buf: torch.Tensor, region) -> None:
     _rows(buf, region[0], region[1]).zero_()
 
 
-def _kept_block(weight: torch.Tensor, out_dp, out_off, in_dp, in_off) -> torch.Tensor:
+def _kept_block(weight: torch.Tensor, current, out_dp, out_off, in_dp, in_off) -> torch.Tensor:
+    """``W[O][:, I]``; ``current`` (from a LazySGD) folds the optimizer's pending update into the gather."""
+    if current is not None:
+        return current.new(lambda t: _rows(t, out_dp, out_off)[:, in_off::in_dp])
     rows = _rows(weight, out_dp, out_off)
     if in_dp == 1:
         return rows  # BLAS reads the strided rows in place
@@ -57,12 +60,13 @@ def _scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float, out: torch.Tensor
 
 class _CompactLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, out_dp, out_off, in_dp, in_off, in_scale, out_scale, relu):
-        wk = _kept_block(weight, out_dp, out_off, in_dp, in_off)
+    def forward(ctx, x, weight, bias, out_dp, out_off, in_dp, in_off, in_scale, out_scale, relu, w_cur, b_cur):
+        wk = _kept_block(weight, w_cur, out_dp, out_off, in_dp, in_off)
         alpha = in_scale * out_scale
         if bias is not None:
+            bk = b_cur.new(lambda t: _rows(t, out_dp, out_off)) if b_cur is not None else _rows(bias, out_dp, out_off)
             # relu(z) * s == relu(z * s) for s > 0: scale folded into the GEMM's alpha/beta.
-            y = torch.addmm(_rows(bias, out_dp, out_off), x, wk.t(), beta=out_scale, alpha=alpha)
+            y = torch.addmm(bk, x, wk.t(), beta=out_scale, alpha=alpha)
         else:
             y = _scaled_mm(x, wk.t(), alpha)
         if relu:
@@ -91,7 +95,7 @@ class _CompactLinear(torch.autograd.Function):
             torch.sum(gz, 0, out=_rows(gb, out_dp, out_off))
             if out_scale != 1.0:
                 gb.mul_(out_scale)
-        return gx, gw, gb, None, None, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None, None, None, None
 
 
 def compact_linear(
@@ -129,13 +133,17 @@ def compact_linear(
             "(pass the producer's compact output and its pattern, or in_dp=1 for a dense input)"
         )
     relu = bool(relu)
-    before_read(weight, out_dp, out_offset)  # a LazySGD brings these rows up to date first
-    before_read(bias, out_dp, out_offset)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n_in)
     op = cuda_op("compact_linear_cuda", x, backend)
-    if op is not None:
+    if op is not None:  # the kernels read stored weights: a LazySGD keeps them current (dense steps)
+        before_read(weight, None)
+        before_read(bias, None)
         y = op(x2, weight, bias, out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu)
     else:
-        y = _CompactLinear.apply(x2, weight, bias, out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu)
+        # A LazySGD learns where this step's gradient lives, and hands back its pending update.
+        w_cur = before_read(weight, rows_region(out_dp, out_offset, in_dp, in_offset))
+        b_cur = before_read(bias, rows_region(out_dp, out_offset))
+        y = _CompactLinear.apply(x2, weight, bias, out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu,
+                                 w_cur, b_cur)
     return y.reshape(*lead, n_out)

@@ -28,7 +28,7 @@ from ardrop.functional._common import (
     cuda_op,
 )
 from ardrop.functional._grad_buffers import gradient_buffer, seal
-from ardrop.optim.lazy_sgd import flush_params
+from ardrop.optim.lazy_sgd import DENSE, Region, before_read
 from ardrop.patterns import Pattern
 
 
@@ -131,11 +131,24 @@ def _zero_tiles(buf: torch.Tensor, region) -> None:
                 v.zero_()
 
 
+@lru_cache(maxsize=1024)
+def tile_region(out_features: int, in_features: int, t: int, dp: int, offset: int) -> Region:
+    """The kept tiles, for a `LazySGD` to update only those (whole tile rows, never split cache lines)."""
+    classes, _ = _classes(out_features, in_features, t, dp, offset)
+
+    def views(m):
+        return [v for k in classes for v in _block_views(m, t, k.a, k.c, dp, k.rseg, k.cseg) if v is not None]
+
+    return Region(("tile", dp, offset, t), views)
+
+
 class _TileLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, dp, offset, t, scale, relu):
+    def forward(ctx, x, weight, bias, dp, offset, t, scale, relu, w_cur, b_cur):
         out_features, in_features = weight.shape
         classes, empty_rows = _classes(out_features, in_features, t, dp, offset)
+        if b_cur is not None:
+            bias = b_cur.new(lambda m: m)  # current values (a LazySGD's pending update folded in)
         batch = x.shape[0]
         if not empty_rows:
             y = x.new_empty(batch, out_features)
@@ -146,10 +159,11 @@ class _TileLinear(torch.autograd.Function):
         saved = []
         for k in classes:
             wk = weight.new_empty(k.rseg[2], k.cseg[2])
-            _copy_blocks(
-                _block_views(wk, t, 0, 0, 1, k.rseg, k.cseg, True),
-                _block_views(weight, t, k.a, k.c, dp, k.rseg, k.cseg),
-            )
+            packed = _block_views(wk, t, 0, 0, 1, k.rseg, k.cseg, True)
+            if w_cur is not None:
+                w_cur.copy(packed, lambda m, k=k: _block_views(m, t, k.a, k.c, dp, k.rseg, k.cseg))
+            else:
+                _copy_blocks(packed, _block_views(weight, t, k.a, k.c, dp, k.rseg, k.cseg))
             xc = _gather(x, t, k.c, dp, k.cseg)
             if bias is not None:
                 yk = torch.addmm(_gather(bias.unsqueeze(0), t, k.a, dp, k.rseg), xc, wk.t(), alpha=scale)
@@ -187,7 +201,7 @@ class _TileLinear(torch.autograd.Function):
         if need_w:
             seal(weight, gw)
         gb = gz.sum(0) if has_bias and need_b else None
-        return gx, gw, gb, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None, None
 
 
 def tile_linear(
@@ -227,10 +241,13 @@ def tile_linear(
     relu = bool(relu)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_features)
-    flush_params(weight, bias)  # tiles cut across rows: a LazySGD updates this weight densely
     op = cuda_op("tile_linear_cuda", x, backend)
-    if op is not None:
+    if op is not None:  # the kernels read stored weights: a LazySGD keeps them current (dense steps)
+        before_read(weight, None)
+        before_read(bias, None)
         y = op(x2, weight, bias, dp, offset, tile, scale, relu)
     else:
-        y = _TileLinear.apply(x2, weight, bias, dp, offset, tile, scale, relu)
+        w_cur = before_read(weight, tile_region(out_features, in_features, tile, dp, offset))
+        b_cur = before_read(bias, DENSE)
+        y = _TileLinear.apply(x2, weight, bias, dp, offset, tile, scale, relu, w_cur, b_cur)
     return y.reshape(*lead, out_features)

@@ -34,6 +34,7 @@ from torch import nn
 from ardrop.functional import compact_linear, tile_linear
 from ardrop.nn._lstm_recurrence import lstm_from_gates, lstm_layer_fused, lstm_layer_reference
 from ardrop.nn.site import SITE_KINDS, PatternSite
+from ardrop.optim.lazy_sgd import flush_params, mark_dense
 from ardrop.patterns import DEFAULT_TILE, Pattern
 
 LSTM_BACKENDS = ("fast", "reference")
@@ -116,6 +117,10 @@ class ApproxLSTMLM(nn.Module):
             nn.init.uniform_(p, -init_range, init_range)
         if self.tie_weights:
             self.decoder.weight = self.encoder.weight
+            mark_dense(self.encoder.weight)  # the embedding reads it without telling a LazySGD
+        # A LazySGD may hold weights in its moving frame between steps; whoever saves
+        # them must see current values.
+        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: flush_params(*module.parameters()))
 
     def _consumer_shape(self, site_index: int) -> tuple[int, int]:
         """Weight shape ``[out, in]`` of the matrix that reads the site's vector."""
@@ -179,6 +184,8 @@ class ApproxLSTMLM(nn.Module):
         w_ih, w_hh, b_ih, b_hh = layer.weights()
         pattern = site.active_pattern()
         reference = self.backend == "reference"
+        if pattern is None or reference:
+            flush_params(w_ih, b_ih)  # dense reads of the stored tensors
         if pattern is None:
             if site.kind == "bernoulli":
                 x = F.dropout(x, site.rate, self.training)
@@ -206,6 +213,8 @@ class ApproxLSTMLM(nn.Module):
     def _decode(self, site: PatternSite, x):
         w, b = self.decoder.weight, self.decoder.bias
         pattern = site.active_pattern()
+        if pattern is None or self.backend == "reference":
+            flush_params(w, b)  # dense reads of the stored tensors
         if pattern is None:
             if site.kind == "bernoulli":
                 x = F.dropout(x, site.rate, self.training)

@@ -56,6 +56,9 @@ class ApproxMLP(nn.Module):
         )
         self.head = nn.Linear(sizes[-2], sizes[-1])
         self.kind = self.hidden[0].kind if n_hidden else kind
+        # A LazySGD may hold the head in its moving frame between steps (the hidden
+        # layers flush their own): whoever saves it must see current values.
+        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: flush_params(*module.head.parameters()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() > 2:
@@ -63,21 +66,20 @@ class ApproxMLP(nn.Module):
         check_width(x, self.sizes[0], "ApproxMLP")
         if self.kind == "row" and self.backend == "fast":
             return self._forward_compact(x)
-        flush_params(*self.parameters())  # dense reads below: no row may lag behind (LazySGD)
         if self.kind == "row":  # reference: dense layers, explicit masks
+            flush_params(*self.parameters())  # dense reads below: stored values must be current (LazySGD)
             for layer in self.hidden:
                 p = layer.site.active_pattern()
                 h = torch.relu(F.linear(x, layer.weight, layer.bias))
                 x = h if p is None else row_dropout_reference(h, p.dp, p.offset)
             return self.head(x)
         for layer in self.hidden:
-            x = layer(x)
-        return self.head(x)
+            x = layer(x)  # each layer reads its weights the LazySGD way (or flushes first)
+        return compact_linear(x, self.head.weight, self.head.bias)
 
     def _forward_compact(self, x: torch.Tensor) -> torch.Tensor:
         in_dp, in_off = 1, 0
         for layer in self.hidden:
             x, in_dp, in_off = layer.forward_compact(x, in_dp, in_off)
-        if in_dp == 1:
-            return self.head(x)
+        # Through compact_linear even when dense, so a LazySGD's pending update is read too.
         return compact_linear(x, self.head.weight, self.head.bias, 1, 0, in_dp, in_off)

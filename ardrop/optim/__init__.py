@@ -1,5 +1,5 @@
 """Optimizers that know which rows a step's patterns kept."""
 
-from ardrop.optim.lazy_sgd import LazySGD, before_read, flush_params
+from ardrop.optim.lazy_sgd import DENSE, Current, LazySGD, Region, before_read, flush_params, mark_dense, rows_region
 
-__all__ = ["LazySGD", "before_read", "flush_params"]
+__all__ = ["DENSE", "Current", "LazySGD", "Region", "before_read", "flush_params", "mark_dense", "rows_region"]

@@ -1,108 +1,179 @@
-"""`LazySGD`: torch's momentum SGD, updating only the rows a row pattern kept.
+"""`LazySGD`: torch's momentum SGD that writes only the weights a pattern let through.
 
 Why: with momentum, *every* weight moves every step, dropped ones included (their
 buffer keeps decaying into the weight). ``torch.optim.SGD`` therefore reads and writes
-all parameters, their gradients and buffers each step; with row dropout at 4096 wide
-that memory traffic costs more than the skipped GEMMs save.
+all parameters, their gradients and buffers each step; at 4096 wide that memory traffic
+costs more than the skipped GEMMs save.
 
-A row that gets no gradient evolves by a fixed linear map of its (buffer, weight) pair,
-the same for every element of the step::
+A weight that gets no gradient evolves by one fixed linear map of its (buffer, weight)
+pair, the same for every element of the parameter::
 
     buf' = mu * buf + (1 - dampening) * wd * w
     w'   = w - lr * (buf'                      (plain)
                      | wd * w + mu * buf')     (nesterov)
 
-So the update of a dropped row can wait: ``LazySGD`` keeps, per parameter, the product
-of the maps since each row was last brought up to date, and applies it (one 2x2 product
-per row) when the row is next read. The values equal ``torch.optim.SGD``'s up to
-rounding; the touched rows themselves are updated by torch's own ``sgd`` functional.
+So ``LazySGD`` stores each managed parameter in a moving frame: the true values are
+``M @ (stored buffer, stored weight)`` for one 2x2 matrix ``M`` per parameter (float64
+scalars, no tensor work). A step multiplies ``M`` by the step's map; only the elements
+that received a gradient are written, with the gradient pushed through ``M^-1``. The
+values equal ``torch.optim.SGD``'s up to rounding; the frame is folded back into the
+tensors (``flush``) after ``window`` steps, or earlier once ``M`` grows ill-conditioned,
+which bounds the rounding.
 
-The contract with the layers: `compact_linear` calls `before_read(weight, dp, offset)`
-before it reads rows ``offset::dp``; that brings them up to date and records that only
-those rows get a gradient this step. Every other read must see current values, so
-ardrop's layers call `flush_params` on their dense paths (eval, dp=1) and before their
-``state_dict``; `LazySGD.state_dict` flushes too. Code of your own that reads weights
-between steps (an EMA, a custom metric) calls ``optimizer.flush()`` first. A parameter
-that nothing reported (or that reported two different patterns before one step, as with
-gradient accumulation) gets an ordinary dense step, so an unknown use is slower, never
-wrong, as long as its gradient really is zero outside the reported rows: a loss term on
-the weight itself breaks that (put such weights in a group with ``lazy=False``;
-``verify=True`` checks it at a cost).
+The contract with the layers: before a layer reads a parameter it calls
+`before_read(param, region)`, which records where this step's gradient can be nonzero
+and returns a `Current` (or None when the stored values are current): the layer reads
+current values through it, into the compact block it gathers anyway. Every other read
+must see current values, so ardrop's layers call `flush_params` on their dense paths
+(eval, dp=1) and before their ``state_dict``; `LazySGD.state_dict` flushes too. Code of
+your own that reads weights between steps (an EMA, a custom metric) calls
+``optimizer.flush()`` first. A parameter that nothing reported (or that reported two
+different regions before one step, as with gradient accumulation) gets a dense step, so
+an unknown use is slower, never wrong, as long as its gradient really is zero outside
+the reported region: a loss term on the weight itself or weight tying breaks that (put
+such weights in a group with ``lazy=False``, or `mark_dense` them; ``verify=True``
+checks it at a cost).
 """
 
 from __future__ import annotations
 
 import weakref
+from typing import Callable
 
 import torch
 from torch.optim.sgd import sgd as torch_sgd
 from torch.utils.weak import WeakTensorKeyDictionary
 
 _OWNERS = WeakTensorKeyDictionary()  # parameter -> weakref to the LazySGD managing it
-_DENSE = (1, 0)
+_DENSE_ONLY = WeakTensorKeyDictionary()  # parameters read by code that does not report (tied weights)
+_MAX_GROWTH = 256.0  # flush once the frame amplifies stored values by more than this
 
 
-def _identity_maps() -> torch.Tensor:
-    return torch.eye(2, dtype=torch.float64).unsqueeze(0)
+class Region:
+    """Where a layer read a parameter (and so where its gradient can be nonzero).
+
+    ``views(t)`` returns the views of a tensor shaped like the parameter that cover the
+    region; ``key`` identifies it, so two reads of the same region count as one.
+    """
+
+    __slots__ = ("key", "views")
+
+    def __init__(self, key: tuple, views: Callable[[torch.Tensor], list]) -> None:
+        self.key, self.views = key, views
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Region) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
 
 
-def _row_shape(p: torch.Tensor) -> tuple:
-    """Shape that broadcasts one coefficient per row over the rest of ``p``."""
-    return (-1,) + (1,) * (p.dim() - 1)
+DENSE = Region(("dense",), lambda t: [t])
 
 
-def before_read(param: torch.Tensor, dp: int = 1, offset: int = 0) -> None:
-    """Bring rows ``offset::dp`` of ``param`` up to date and note them as this step's rows."""
-    if param is None:
-        return
+def rows_region(dp: int, offset: int, in_dp: int = 1, in_offset: int = 0) -> Region:
+    """Rows ``offset::dp`` and, of those, columns ``in_offset::in_dp`` (any trailing dims whole)."""
+    if dp == 1 and in_dp == 1:
+        return DENSE
+
+    def views(t):
+        v = t[offset::dp]
+        return [v if in_dp == 1 else v[:, in_offset::in_dp]]
+
+    return Region(("rows", dp, offset, in_dp, in_offset), views)
+
+
+class Current:
+    """Reads current values of a parameter held in a moving frame: ``ww * w + wb * buf``."""
+
+    __slots__ = ("param", "buf", "wb", "ww")
+
+    def __init__(self, param, buf, wb: float, ww: float) -> None:
+        self.param, self.buf, self.wb, self.ww = param, buf, wb, ww
+
+    def into(self, dst: torch.Tensor, w_view: torch.Tensor, b_view: torch.Tensor | None) -> torch.Tensor:
+        """Write the current values of ``w_view`` (a view of the parameter) into ``dst``."""
+        with torch.no_grad():
+            if self.ww == 1.0 and b_view is not None:
+                return torch.add(w_view, b_view, alpha=self.wb, out=dst)
+            torch.mul(w_view, self.ww, out=dst)
+            return dst if b_view is None or self.wb == 0.0 else dst.add_(b_view, alpha=self.wb)
+
+    def new(self, view: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Current values of ``view(param)`` as a new contiguous tensor."""
+        w_view = view(self.param)
+        b_view = view(self.buf) if self.buf is not None else None
+        return self.into(torch.empty(w_view.shape, dtype=w_view.dtype, device=w_view.device), w_view, b_view)
+
+    def copy(self, dst_views, views: Callable[[torch.Tensor], list]) -> None:
+        """``dst.copy_(current values)`` for matching lists of destination and parameter views."""
+        b_views = views(self.buf) if self.buf is not None else None
+        for k, (d, w) in enumerate(zip(dst_views, views(self.param))):
+            if d is not None:
+                self.into(d, w, b_views[k] if b_views is not None else None)
+
+
+def _owner(param):
     ref = _OWNERS.get(param)
-    opt = ref() if ref is not None else None
-    if opt is not None:
-        opt._prepare(param, dp, offset)
+    return ref() if ref is not None else None
+
+
+def before_read(param: torch.Tensor | None, region: Region | None = DENSE) -> Current | None:
+    """Note that ``param`` is read (and gets its gradient) in ``region`` this step.
+
+    Returns how to read its current values, or None when the stored values are current.
+    ``region=None`` is a read that cannot go through `Current` (a kernel reading the
+    stored tensor): the values are made current and the parameter gets a dense step.
+    """
+    if param is None:
+        return None
+    opt = _owner(param)
+    return opt._note_read(param, region) if opt is not None else None
 
 
 def flush_params(*params) -> None:
-    """Bring every row of these parameters up to date (no-op for unmanaged ones)."""
+    """Make the stored values of these parameters current (no-op for unmanaged ones)."""
     for p in params:
         if p is None:
             continue
-        ref = _OWNERS.get(p)
-        opt = ref() if ref is not None else None
+        opt = _owner(p)
         if opt is not None:
             opt._flush_param(p)
 
 
-class _Rows:
-    """Per-parameter bookkeeping: when each row was last current, and the pending maps.
+def mark_dense(param: torch.Tensor) -> None:
+    """Never defer ``param``: code that does not report its reads also uses it (weight tying)."""
+    _DENSE_ONLY[param] = True
+    flush_params(param)
 
-    ``n`` counts the steps applied to the parameter (torch skips a parameter whose grad
-    is None, and so does this). Row ``r`` holds its values as of step ``last[r]``;
-    ``maps[i]`` carries a row from step ``base + i`` to step ``n`` (float64, 2x2).
-    """
 
-    def __init__(self, rows: int, device) -> None:
-        self.n = 0
-        self.base = 0
-        self.last = torch.zeros(rows, dtype=torch.long, device=device)
-        self.bscale = torch.ones(rows, dtype=torch.float64, device=device)  # buffers' pending factor
-        self.maps = _identity_maps()
-        self.stale = False
-        self.coupled = False  # a pending map mixes weight into buffer (weight decay)
+class _Frame:
+    """``M`` (acting on (buffer, weight)) as float64 scalars, and the steps since the last flush."""
+
+    __slots__ = ("bb", "bw", "wb", "ww", "steps")
+
+    def __init__(self) -> None:
+        self.reset()
 
     def reset(self) -> None:
-        self.last.fill_(self.n)
-        self.base = self.n
-        self.maps = _identity_maps()
-        self.stale = False
-        self.coupled = False
+        self.bb, self.bw, self.wb, self.ww = 1.0, 0.0, 0.0, 1.0
+        self.steps = 0
+
+    @property
+    def identity(self) -> bool:
+        return self.bb == 1.0 and self.bw == 0.0 and self.wb == 0.0 and self.ww == 1.0
+
+    @property
+    def det(self) -> float:
+        return self.bb * self.ww - self.bw * self.wb
 
 
 class LazySGD(torch.optim.Optimizer):
-    """``torch.optim.SGD`` semantics, with dropped rows' updates deferred (see module doc).
+    """``torch.optim.SGD`` semantics, writing only the reported regions (see module doc).
 
     Args are torch's, plus ``lazy`` (per group; False gives plain dense steps),
-    ``window`` (steps after which every row is brought up to date, which bounds the
-    products' length) and ``verify`` (check that gradients vanish outside reported rows).
+    ``window`` (steps after which the frame is folded back into the tensors) and
+    ``verify`` (check that gradients vanish outside the reported regions).
     """
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
@@ -120,7 +191,7 @@ class LazySGD(torch.optim.Optimizer):
             raise ValueError(f"window must be an integer >= 1, got {window!r}")
         self.window = window
         self.verify = bool(verify)
-        self._rows: dict[torch.Tensor, _Rows] = {}
+        self._frames: dict[torch.Tensor, _Frame] = {}
         self._pending: dict[torch.Tensor, set] = {}
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, lazy=lazy)
@@ -128,86 +199,54 @@ class LazySGD(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        for p in group["params"]:
-            if p.dim() < 1:
-                continue
+        for p in self.param_groups[-1]["params"]:
             if p in _OWNERS and _OWNERS[p]() not in (None, self):
                 raise ValueError("a parameter is already managed by another LazySGD; give each parameter one optimizer")
             _OWNERS[p] = weakref.ref(self)
-            self._rows[p] = _Rows(p.shape[0], p.device)
+            self._frames[p] = _Frame()
 
-    # ---- the deferred map ------------------------------------------------------------
-    @staticmethod
-    def _step_map(group: dict) -> torch.Tensor:
-        """The 2x2 map of one step with zero gradient, acting on (buffer, weight)."""
-        mu, wd, lr = group["momentum"], group["weight_decay"], group["lr"]
-        c = (1.0 - group["dampening"]) * wd
-        if mu == 0:
-            return torch.tensor([[0.0, 0.0], [0.0, 1.0 - lr * wd]], dtype=torch.float64)
-        e1, e2 = (mu * mu, wd + mu * c) if group["nesterov"] else (mu, c)
-        return torch.tensor([[mu, c], [-lr * e1, 1.0 - lr * e2]], dtype=torch.float64)
+    # ---- reads ------------------------------------------------------------------------
+    def _buffer(self, p):
+        return self.state.get(p, {}).get("momentum_buffer")
 
-    def _catch_up(self, p: torch.Tensor, st: _Rows, dp: int, offset: int, weights_only: bool = False) -> None:
-        """Apply the pending maps to rows ``offset::dp``.
-
-        ``weights_only`` (a read before the forward) brings the weights up to date and,
-        when no weight decay couples them, leaves the buffers' pending factor in
-        ``st.bscale``: the step folds it into its own buffer pass, which saves one pass
-        over the rows.
-        """
-        buf = self.state.get(p, {}).get("momentum_buffer")
-        if not st.stale and (weights_only or buf is None):
-            return  # nothing deferred (the common case for parameters read densely every step)
-        w = p[offset::dp]
-        shape = _row_shape(p)
-        rows = st.last[offset::dp]
-        bscale = st.bscale[offset::dp]
-        if st.stale and int((rows - st.base).min()) < len(st.maps) - 1:
-            m = st.maps[rows - st.base]  # [rows, 2, 2], float64
-            if buf is None:
-                w.mul_(m[:, 1, 1].to(p.dtype).view(shape))
-            else:
-                b = buf[offset::dp]
-                if st.coupled:
-                    self._apply_bscale(b, bscale, shape)
-                    m = m.to(p.dtype)
-                    old_b = b.clone()
-                    b.mul_(m[:, 0, 0].view(shape)).addcmul_(w, m[:, 0, 1].view(shape))
-                    w.mul_(m[:, 1, 1].view(shape)).addcmul_(old_b, m[:, 1, 0].view(shape))
-                else:  # no weight decay: m01 = 0 and m11 = 1 exactly
-                    w.addcmul_(b, (m[:, 1, 0] * bscale).to(p.dtype).view(shape))
-                    bscale.mul_(m[:, 0, 0])
-            rows.fill_(st.n)
-        if buf is not None and not weights_only:
-            self._apply_bscale(buf[offset::dp], bscale, shape)
-        if dp == 1 and st.stale:
-            st.reset()
-
-    @staticmethod
-    def _apply_bscale(b: torch.Tensor, bscale: torch.Tensor, shape) -> None:
-        if bool((bscale != 1.0).any()):
-            b.mul_(bscale.to(b.dtype).view(shape))
-            bscale.fill_(1.0)
-
-    @torch.no_grad()
-    def _prepare(self, p: torch.Tensor, dp: int, offset: int) -> None:
-        st = self._rows.get(p)
-        if st is None:
-            return
-        self._catch_up(p, st, dp, offset, weights_only=True)
-        self._pending.setdefault(p, set()).add((dp, offset) if dp > 1 else _DENSE)
+    def _note_read(self, p: torch.Tensor, region: Region) -> Current | None:
+        frame = self._frames.get(p)
+        if frame is None:
+            return None
+        if region is None or p in _DENSE_ONLY:
+            self._flush_param(p)
+            region = None  # recorded as an unreported use: a dense step
+        self._pending.setdefault(p, set()).add(region)
+        if frame.wb == 0.0 and frame.ww == 1.0:
+            return None
+        return Current(p, self._buffer(p), frame.wb, frame.ww)
 
     @torch.no_grad()
     def _flush_param(self, p: torch.Tensor) -> None:
-        st = self._rows.get(p)
-        if st is not None:
-            self._catch_up(p, st, 1, 0)
+        """Fold the frame into the tensors: stored values become the true ones."""
+        frame = self._frames.get(p)
+        if frame is None or frame.identity:
+            if frame is not None:
+                frame.steps = 0
+            return
+        buf = self._buffer(p)
+        if buf is None:  # momentum 0: the frame only scales the weights
+            p.mul_(frame.ww)
+        elif frame.bw == 0.0:  # no weight decay: the weights do not feed the buffer
+            if frame.ww != 1.0:
+                p.mul_(frame.ww)
+            p.add_(buf, alpha=frame.wb)
+            buf.mul_(frame.bb)
+        else:
+            old_buf = buf.clone()
+            buf.mul_(frame.bb).add_(p, alpha=frame.bw)
+            p.mul_(frame.ww).add_(old_buf, alpha=frame.wb)
+        frame.reset()
 
     @torch.no_grad()
     def flush(self) -> None:
-        """Bring every managed row up to date (before reading weights outside training)."""
-        for p in self._rows:
+        """Make every managed parameter's stored values current (before reading weights outside training)."""
+        for p in self._frames:
             self._flush_param(p)
 
     # ---- torch.optim.Optimizer API ---------------------------------------------------------
@@ -222,10 +261,8 @@ class LazySGD(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
-        for st in self._rows.values():
-            st.n = 0
-            st.reset()
-            st.bscale.fill_(1.0)  # the loaded buffers are current
+        for frame in self._frames.values():
+            frame.reset()  # the loaded buffers (and the model's loaded weights) are true values
         self._pending.clear()
 
     @torch.no_grad()
@@ -237,64 +274,75 @@ class LazySGD(torch.optim.Optimizer):
         pending, self._pending = self._pending, {}
         for group in self.param_groups:
             hyper = {k: group[k] for k in ("weight_decay", "momentum", "lr", "dampening", "nesterov", "maximize")}
-            plain = hyper["momentum"] != 0 and not (hyper["weight_decay"] or hyper["dampening"]
-                                                    or hyper["nesterov"] or hyper["maximize"])
-            step_map = None
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
-                    raise ValueError("LazySGD takes dense gradients (its laziness comes from the row patterns)")
-                st = self._rows.get(p)
-                rec = pending.get(p, set())
-                first = hyper["momentum"] != 0 and "momentum_buffer" not in self.state[p]
-                if st is None or not group["lazy"] or first or len(rec) != 1 or _DENSE in rec:
-                    self._dense_step(p, st, hyper)
+                    raise ValueError("LazySGD takes dense gradients (its laziness comes from the patterns)")
+                frame = self._frames.get(p)
+                regions = pending.get(p, set())
+                first = hyper["momentum"] != 0 and self._buffer(p) is None
+                if frame is None or not group["lazy"] or first or not regions or None in regions:
+                    self._dense_step(p, hyper)
                     continue
-                (dp, offset), = rec
+                region = regions.pop() if len(regions) == 1 else DENSE
                 if self.verify:
-                    self._check_zero_outside(p, dp, offset)
-                self._catch_up(p, st, dp, offset, weights_only=plain)
-                w, g = p[offset::dp], p.grad[offset::dp]
-                b = self.state[p]["momentum_buffer"][offset::dp] if hyper["momentum"] != 0 else None
-                if plain:  # buf = g + mu * (pending factor) * buf; w -= lr * buf: two passes
-                    bscale = st.bscale[offset::dp]
-                    torch.addcmul(g, b, (hyper["momentum"] * bscale).to(p.dtype).view(_row_shape(p)), out=b)
-                    bscale.fill_(1.0)
-                    w.add_(b, alpha=-hyper["lr"])
-                else:
-                    bufs = [b]
-                    torch_sgd([w], [g], bufs, foreach=False, **hyper)
-                if step_map is None:
-                    step_map = self._step_map(group)
-                st.n += 1
-                st.last[offset::dp] = st.n
-                st.maps = torch.cat([step_map @ st.maps, _identity_maps()])
-                st.stale = True
-                st.coupled = st.coupled or hyper["weight_decay"] != 0
-                if st.n - st.base >= self.window:
-                    self._catch_up(p, st, 1, 0)
+                    self._check_zero_outside(p, region)
+                self._region_step(p, frame, region, hyper)
+                if frame.steps >= self.window or abs(frame.det) * _MAX_GROWTH < 1.0:
+                    self._flush_param(p)
         return loss
 
-    def _dense_step(self, p: torch.Tensor, st: _Rows | None, hyper: dict) -> None:
-        if st is not None:
-            self._catch_up(p, st, 1, 0)
-        buf = self.state[p].get("momentum_buffer") if hyper["momentum"] != 0 else None
+    def _dense_step(self, p: torch.Tensor, hyper: dict) -> None:
+        self._flush_param(p)
+        buf = self._buffer(p) if hyper["momentum"] != 0 else None
         bufs = [buf]
         torch_sgd([p], [p.grad], bufs, foreach=False, **hyper)
         if hyper["momentum"] != 0:
             self.state[p]["momentum_buffer"] = bufs[0]
-        if st is not None:
-            st.n += 1
-            st.reset()
 
     @staticmethod
-    def _check_zero_outside(p: torch.Tensor, dp: int, offset: int) -> None:
+    def _step_map(hyper: dict):
+        """(A, e): one step acts on (buffer, weight) as ``A @ (b, w) + e * grad``."""
+        mu, wd, lr, d = hyper["momentum"], hyper["weight_decay"], hyper["lr"], hyper["dampening"]
+        sign = -1.0 if hyper["maximize"] else 1.0
+        if mu == 0:  # no buffer: w' = (1 - lr wd) w - lr g
+            return (1.0, 0.0, 0.0, 1.0 - lr * wd), (0.0, -lr * sign)
+        c = (1.0 - d) * wd
+        if hyper["nesterov"]:  # dampening is 0 here
+            return (mu, c, -lr * mu * mu, 1.0 - lr * (wd + mu * c)), (sign, -lr * (1.0 + mu) * sign)
+        return (mu, c, -lr * mu, 1.0 - lr * c), ((1.0 - d) * sign, -lr * (1.0 - d) * sign)
+
+    def _region_step(self, p: torch.Tensor, frame: _Frame, region: Region, hyper: dict) -> None:
+        (abb, abw, awb, aww), (eb, ew) = self._step_map(hyper)
+        bb = abb * frame.bb + abw * frame.wb
+        bw = abb * frame.bw + abw * frame.ww
+        wb = awb * frame.bb + aww * frame.wb
+        ww = awb * frame.bw + aww * frame.ww
+        buf = self._buffer(p) if hyper["momentum"] != 0 else None
+        if buf is None:
+            kb, kw = 0.0, ew / ww
+        else:  # the gradient enters the stored values through the inverse frame
+            det = bb * ww - bw * wb
+            kb, kw = (ww * eb - bw * ew) / det, (bb * ew - wb * eb) / det
+        g_views = region.views(p.grad)
+        if kw != 0.0:  # 0 in the step after a flush without weight decay: the frame carries it
+            for g, w in zip(g_views, region.views(p)):
+                w.add_(g, alpha=kw)
+        if buf is not None and kb != 0.0:
+            for g, b in zip(g_views, region.views(buf)):
+                b.add_(g, alpha=kb)
+        frame.bb, frame.bw, frame.wb, frame.ww = bb, bw, wb, ww
+        frame.steps += 1
+
+    @staticmethod
+    def _check_zero_outside(p: torch.Tensor, region: Region) -> None:
         g = p.grad.clone()
-        g[offset::dp] = 0
+        for v in region.views(g):
+            v.zero_()
         if g.any():
             raise RuntimeError(
-                f"LazySGD(verify=True): a parameter of shape {tuple(p.shape)} has gradient outside the rows "
-                f"{offset}::{dp} its layer reported; another use of the weight (a loss term on it, weight "
+                f"LazySGD(verify=True): a parameter of shape {tuple(p.shape)} has gradient outside the region "
+                f"{region.key} its layer reported; another use of the weight (a loss term on it, weight "
                 "tying) also contributes. Put it in a param group with lazy=False."
             )
