@@ -47,8 +47,8 @@ def check_optimizer(name: str) -> str:
 
 def make_sgd(params, lr: float, momentum: float, weight_decay: float, nesterov: bool,
              optimizer: str = "sgd") -> torch.optim.Optimizer:
-    """torch's SGD, or `ardrop.optim.LazySGD`: the same updates, with the rows a row pattern
-    dropped updated only when next read (much less memory traffic for wide row-dropped layers)."""
+    """torch's SGD, or `ardrop.optim.LazySGD`: the same updates, writing only the weights a
+    pattern kept (much less memory traffic for wide pattern-dropped layers)."""
     if lr <= 0:
         raise ValueError(f"learning rate must be > 0, got {lr}")
     check_optimizer(optimizer)
