@@ -31,7 +31,7 @@ def _patterns(steps, seed=0, max_dp=6):
     return out
 
 
-def _run_pair(hyper, steps=90, window=16, lr_schedule=None, skip_grad_at=(), kind="row"):
+def _run_pair(hyper, steps=90, window=16, lr_schedule=None, skip_grad_at=(), kind="row", clip=None):
     torch.manual_seed(0)
     model = ApproxMLP(SIZES, kind=kind, rates=0.5, tile=4).double()
     ref = copy.deepcopy(model)
@@ -53,6 +53,8 @@ def _run_pair(hyper, steps=90, window=16, lr_schedule=None, skip_grad_at=(), kin
             (-loss if hyper.get("maximize") else loss).backward()  # maximize the negated loss
             if s in skip_grad_at:
                 m.hidden[1].weight.grad = None  # torch skips such a parameter entirely
+            if clip is not None:  # in place: LazySGD must read the clipped gradient, not the op's copy
+                torch.nn.utils.clip_grad_norm_(m.parameters(), clip)
             o.step()
     return model, ref, opt, ref_opt
 
@@ -91,6 +93,10 @@ def test_lr_schedule_and_window_boundaries():
     for window in (1, 5, 500):
         _assert_same(*_run_pair(dict(lr=0.05, momentum=0.9, weight_decay=1e-3), steps=40, window=window,
                                 lr_schedule=lambda s: 0.05 * (1 + s) ** -0.5))
+
+
+def test_clipped_gradients():
+    _assert_same(*_run_pair(dict(lr=0.05, momentum=0.9), steps=30, clip=0.05))
 
 
 def test_a_parameter_without_grad_is_skipped_as_torch_does():
