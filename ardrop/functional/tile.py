@@ -45,7 +45,7 @@ def _segments(n: int, t: int, cls: int, dp: int) -> tuple[int, int, int]:
     return count, edge, count * t + edge
 
 
-def _dim_views(m: torch.Tensor, dim: int, t: int, cls: int, dp: int, seg, packed: bool = False):
+def _dim_views_of(m: torch.Tensor, dim: int, t: int, cls: int, dp: int, seg, packed: bool = False):
     """Views of ``m`` along ``dim`` for one class: ``[full tiles as (k, t) or None, edge or None]``.
 
     ``packed`` is the compact side, where the class's tiles sit contiguously at the front.
@@ -65,15 +65,41 @@ def _dim_views(m: torch.Tensor, dim: int, t: int, cls: int, dp: int, seg, packed
     return views
 
 
-def _block_views(m: torch.Tensor, t: int, a: int, c: int, dp: int, rseg, cseg, packed: bool = False):
+def _block_views_of(m: torch.Tensor, t: int, a: int, c: int, dp: int, rseg, cseg, packed: bool = False):
     """Matching pieces (full x full, full x edge, edge x full, edge x edge) of a class block."""
     out = []
-    for rv in _dim_views(m, 0, t, a, dp, rseg, packed):
+    for rv in _dim_views_of(m, 0, t, a, dp, rseg, packed):
         if rv is None:
             out += [None, None]
         else:  # a (k, t, cols) full-tile-row view has its columns at dim 2, an edge at dim 1
-            out += _dim_views(rv, rv.dim() - 1, t, c, dp, cseg, packed)
+            out += _dim_views_of(rv, rv.dim() - 1, t, c, dp, cseg, packed)
     return out
+
+
+@lru_cache(maxsize=8192)
+def _geometry(fn, shape: tuple, stride: tuple, args: tuple):
+    """(size, stride, offset) of each view ``fn`` cuts from a tensor of this geometry.
+
+    Why: a step cuts the same few dozen views from the same weights, buffers and
+    gradients; building them with narrow/unflatten/slicing costs more Python time than
+    some of the small copies they feed. The geometry is worked out once on a meta tensor.
+    """
+    views = fn(torch.empty_strided(shape, stride, device="meta"), *args)
+    return tuple(None if v is None else (tuple(v.shape), v.stride(), v.storage_offset()) for v in views)
+
+
+def _cut(m: torch.Tensor, fn, *args) -> list:
+    base = m.storage_offset()
+    return [None if g is None else m.as_strided(g[0], g[1], base + g[2])
+            for g in _geometry(fn, tuple(m.shape), m.stride(), args)]
+
+
+def _dim_views(m: torch.Tensor, dim: int, t: int, cls: int, dp: int, seg, packed: bool = False):
+    return _cut(m, _dim_views_of, dim, t, cls, dp, seg, packed)
+
+
+def _block_views(m: torch.Tensor, t: int, a: int, c: int, dp: int, rseg, cseg, packed: bool = False):
+    return _cut(m, _block_views_of, t, a, c, dp, rseg, cseg, packed)
 
 
 def _copy_blocks(dst_views, src_views) -> None:
