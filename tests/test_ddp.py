@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, small_overrides
 
 
-@pytest.mark.parametrize("dropout, optimizer", [("tile", "sgd"), ("row", "lazy_sgd")])
+@pytest.mark.parametrize("dropout, optimizer", [("tile", "sgd"), ("row", "lazy_sgd"), ("tile", "lazy_sgd")])
 def test_ddp_two_cpu_ranks_agree(synth_data, tmp_path, dropout, optimizer):
     probe = tmp_path / "probe"
     args = [

@@ -31,10 +31,10 @@ def _cfg(synth_data, out, probe, extra=(), dropout="tile"):
     ])
 
 
-@pytest.mark.parametrize("dropout, optimizer", [("tile", "sgd"), ("row", "lazy_sgd")])
+@pytest.mark.parametrize("dropout, optimizer", [("tile", "sgd"), ("row", "lazy_sgd"), ("tile", "lazy_sgd")])
 def test_resume_replays_patterns_and_weights(synth_data, tmp_path, dropout, optimizer):
-    """With LazySGD too: saving a checkpoint brings deferred rows up to date in the
-    uninterrupted run at the same step, so the resumed run starts from the same values."""
+    """With LazySGD too: saving a checkpoint folds its pending update into the weights in
+    the uninterrupted run at the same step, so the resumed run starts from the same values."""
     opt = [f"model.optimizer={optimizer}"]
     run(_cfg(synth_data, tmp_path / "full", tmp_path / "p_full", opt, dropout))
 

@@ -73,7 +73,7 @@ class ApproxLinear(nn.Module):
         self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module.flush_lazy())
 
     def flush_lazy(self) -> None:
-        """Bring rows a `LazySGD` deferred up to date before a dense read of the weights."""
+        """Fold a `LazySGD`'s pending update into the stored weights before a dense read."""
         flush_params(self.weight, self.bias)
 
     def reset_parameters(self) -> None:
