@@ -117,7 +117,6 @@ class ApproxLSTMLM(nn.Module):
             nn.init.uniform_(p, -init_range, init_range)
         if self.tie_weights:
             self.decoder.weight = self.encoder.weight
-            mark_dense(self.encoder.weight)  # the embedding reads it without telling a LazySGD
         # A LazySGD may hold weights in its moving frame between steps; whoever saves
         # them must see current values.
         self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: flush_params(*module.parameters()))
@@ -170,6 +169,8 @@ class ApproxLSTMLM(nn.Module):
     def forward(self, tokens: torch.Tensor, state=None):
         """``tokens [T, B]`` -> ``(logits [T, B, V], (h [L, B, H], c [L, B, H]))``."""
         tokens = self._check_tokens(tokens)
+        if self.tie_weights:  # the embedding reads it without telling a LazySGD (marked here, so copies are too)
+            mark_dense(self.encoder.weight)
         x = self.encoder(tokens)
         h0, c0 = self._initial_state(state, tokens.shape[1], x)
         hs, cs = [], []
