@@ -340,3 +340,28 @@ def test_regions_cover_exactly_the_kept_elements(shape, tile):
                     v.add_(1)
                 expect = Pattern("row", dp, off).row_mask(shape[0])[:, None] * Pattern("row", in_dp, in_off).row_mask(shape[1])
                 assert torch.equal(m, expect), (dp, off, in_dp, in_off)
+
+
+def test_lightning_order_forward_zero_grad_backward_stays_lazy():
+    """Lightning's closure zeroes gradients between the forward and the backward; the reads
+    recorded in the forward must survive that, and evaluation forwards record nothing."""
+    torch.manual_seed(0)
+    layer = ApproxLinear(6, 8, kind="row", rate=0.5).double()
+    ref = copy.deepcopy(layer)
+    opt, ref_opt = LazySGD(layer.parameters(), lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    for s in range(5):
+        for m, o in ((layer, opt), (ref, ref_opt)):
+            with torch.no_grad():
+                m.eval()
+                m(x)  # a validation forward between steps
+                m.train()
+            m.site.set_pattern(Pattern("row", 2, 0) if s else Pattern("row", 1, 0))
+            loss = m(x).square().sum()
+            o.zero_grad()
+            loss.backward()
+            if m is layer:
+                before = m.weight.detach()[1::2].clone()
+            o.step()
+    assert torch.equal(layer.weight.detach()[1::2], before)  # the dropped rows were not written
+    _assert_same(layer, ref, opt, ref_opt)

@@ -27,8 +27,10 @@ current values through it, into the compact block it gathers anyway. Every other
 must see current values, so ardrop's layers call `flush_params` on their dense paths
 (eval, dp=1) and before their ``state_dict``; `LazySGD.state_dict` flushes too. Code of
 your own that reads weights between steps (an EMA, a custom metric) calls
-``optimizer.flush()`` first. A parameter that nothing reported (or that reported two
-different regions before one step, as with gradient accumulation) gets a dense step, so
+``optimizer.flush()`` first. Reads are recorded from one step to the next, not from
+``zero_grad``: Lightning zeroes gradients between the forward and the backward. A
+parameter that nothing reported gets torch's dense step, one that reported two regions
+before one step (gradient accumulation) a step over the whole tensor, so
 an unknown use is slower, never wrong, as long as its gradient really is zero outside
 the reported region: a loss term on the weight itself or weight tying breaks that (put
 such weights in a group with ``lazy=False``, or `mark_dense` them; ``verify=True``
@@ -231,7 +233,8 @@ class LazySGD(torch.optim.Optimizer):
         if region is None or p in _DENSE_ONLY:
             self._flush_param(p)
             region = None  # recorded as an unreported use: a dense step
-        self._pending.setdefault(p, set()).add(region)
+        if torch.is_grad_enabled() and p.requires_grad:  # (an evaluation forward leaves no gradient)
+            self._pending.setdefault(p, set()).add(region)
         if frame.wb == 0.0 and frame.ww == 1.0:
             return None
         return Current(p, self._buffer(p), frame.wb, frame.ww)
@@ -265,10 +268,6 @@ class LazySGD(torch.optim.Optimizer):
             self._flush_param(p)
 
     # ---- torch.optim.Optimizer API ---------------------------------------------------------
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._pending.clear()
-        super().zero_grad(set_to_none)
-
     @torch.no_grad()
     def state_dict(self):
         self.flush()
