@@ -243,10 +243,13 @@ class LazySGD(torch.optim.Optimizer):
     def _flush_param(self, p: torch.Tensor) -> None:
         """Fold the frame into the tensors: stored values become the true ones."""
         frame = self._frames.get(p)
-        if frame is None or frame.identity:
-            if frame is not None:
-                frame.steps = 0
+        if frame is None:
             return
+        if not frame.identity:
+            self._fold(p, frame)
+        frame.reset()
+
+    def _fold(self, p: torch.Tensor, frame: _Frame) -> None:
         buf = self._buffer(p)
         if buf is None:  # momentum 0: the frame only scales the weights
             p.mul_(frame.ww)
@@ -259,7 +262,6 @@ class LazySGD(torch.optim.Optimizer):
             old_buf = buf.clone()
             buf.mul_(frame.bb).add_(p, alpha=frame.bw)
             p.mul_(frame.ww).add_(old_buf, alpha=frame.wb)
-        frame.reset()
 
     @torch.no_grad()
     def flush(self) -> None:
