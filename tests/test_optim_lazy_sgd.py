@@ -192,15 +192,20 @@ def test_lstm_lm_with_lazy_sgd_equals_torch_sgd(kind, tie):
     assert torch.allclose(model(tokens)[0], ref(tokens)[0], rtol=1e-12, atol=1e-12)
 
 
-def test_an_unroutable_read_gets_a_dense_step():
-    """``before_read(p, None)`` (a kernel reading the stored tensor) flushes and steps densely."""
-    from ardrop.optim import before_read
-
+def _row_layer_pair():
+    """A small row layer on LazySGD, its copy on torch SGD, and an input."""
     torch.manual_seed(0)
     layer = ApproxLinear(6, 8, kind="row", rate=0.5).double()
     ref = copy.deepcopy(layer)
     opt, ref_opt = LazySGD(layer.parameters(), lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
-    x = torch.randn(3, 6, dtype=torch.float64)
+    return layer, ref, opt, ref_opt, torch.randn(3, 6, dtype=torch.float64)
+
+
+def test_an_unroutable_read_gets_a_dense_step():
+    """``before_read(p, None)`` (a kernel reading the stored tensor) flushes and steps densely."""
+    from ardrop.optim import before_read
+
+    layer, ref, opt, ref_opt, x = _row_layer_pair()
     for s in range(4):
         for m, o in ((layer, opt), (ref, ref_opt)):
             m.site.set_pattern(Pattern("row", 2, s % 2))
@@ -345,11 +350,7 @@ def test_regions_cover_exactly_the_kept_elements(shape, tile):
 def test_lightning_order_forward_zero_grad_backward_stays_lazy():
     """Lightning's closure zeroes gradients between the forward and the backward; the reads
     recorded in the forward must survive that, and evaluation forwards record nothing."""
-    torch.manual_seed(0)
-    layer = ApproxLinear(6, 8, kind="row", rate=0.5).double()
-    ref = copy.deepcopy(layer)
-    opt, ref_opt = LazySGD(layer.parameters(), lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
-    x = torch.randn(3, 6, dtype=torch.float64)
+    layer, ref, opt, ref_opt, x = _row_layer_pair()
     for s in range(5):
         for m, o in ((layer, opt), (ref, ref_opt)):
             with torch.no_grad():
