@@ -27,12 +27,14 @@ def test_bench_smoke_writes_json(tmp_path):
     data = json.loads(out.read_text())
     # re-executed itself under the allocator settings
     assert all(v is not None for v in data["config"]["allocator_env"].values())
+    assert data["config"]["denormals"] == "flush"
     rows = data["results"]
     assert {(r["model"], r["kind"], r["optimizer"]) for r in rows} == {
         (m, k, o) for m in ("mlp48x40", "lstm2") for k in ("row", "tile") for o in ("sgd", "fused", "lazy")
     }
     for r in rows:
         assert r["base_ms"] > 0 and r["approx_ms"] > 0 and r["ideal_flop_ratio"] > 1.0
+        assert r["expected_ideal_flop_ratio"] > 1.0 and r["steps"] == 3
         assert len(r["approx_times_s"]) == 1 and len(r["approx_times_s"][0]) == 3
         assert all(abs(s["error"]) < 1e-2 for s in r["search"].values())
 
@@ -62,3 +64,41 @@ def test_time_pair_order(interleave):
     else:  # one untimed step at the period's last position, then the period; order swaps per round
         b, a = [("b", 2), ("b", 0), ("b", 1), ("b", 2)], [("a", 2), ("a", 0), ("a", 1), ("a", 2)]
         assert calls == b + a + a + b
+
+
+@pytest.mark.parametrize("rate", [0.5, 0.7])
+def test_expected_flop_ratio_matches_closed_form(rate):
+    """Row MLP: E[flops] = 2b(2*784*E[k1] + 3*E[k1]E[k2] + 3*10*E[k2]), E[k] = H * sum_dp p/dp."""
+    from ardrop import bench
+    from ardrop.search import search
+
+    h, b = 96, 8
+    spec = bench.ModelSpec("mlp", "mlp", sizes=(784, h, h, 10), batch=b)
+    p = search(rate, 8).probs
+    ek = h * sum(q / dp for dp, q in enumerate(p, 1))
+    expected = 2 * b * (2 * 784 * ek + 3 * ek * ek + 3 * 10 * ek)
+    dense = 2 * b * (2 * 784 * h + 3 * h * h + 3 * 10 * h)
+    assert bench.expected_flop_ratio(spec, "row", [p, p], 8) == pytest.approx(dense / expected, rel=1e-12)
+
+
+def test_default_period_samples_the_joint_distribution():
+    """The MLP default period's realised FLOP ratio is close to the expectation; 24 steps is not always."""
+    from ardrop import bench
+
+    args = bench.parser().parse_args(["--models", "mlp2048", "--rates", "0.5"])
+    spec = bench.parse_model("mlp2048", args)
+    _, approx = bench.build_pair(spec, "row", 0.5, 32)
+    dense = bench.gemm_flops(spec, "row", [None, None], 32)
+
+    def realised(steps, seed):
+        args.seed = seed
+        seqs, searches = bench.site_sequences(approx, 0.5, steps, args)
+        flops = sum(bench.gemm_flops(spec, "row", [seq[s] for _, seq in seqs], 32) for s in range(steps)) / steps
+        return dense / flops, [v["probs"] for v in searches.values()]
+
+    _, probs = realised(8, 0)
+    exact = bench.expected_flop_ratio(spec, "row", probs, 32)
+    period = bench.DEFAULT_PERIOD["mlp"]
+    long_err = [abs(realised(period, seed)[0] / exact - 1) for seed in range(4)]
+    short_err = [abs(realised(24, seed)[0] / exact - 1) for seed in range(4)]
+    assert max(long_err) < 0.06 and max(short_err) > 0.06
