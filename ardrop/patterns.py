@@ -8,6 +8,7 @@ them, tests compare fast paths against them.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -104,12 +105,8 @@ class Pattern:
         return full[:out_features, :in_features].contiguous()
 
     def num_kept_weights(self, out_features: int, in_features: int) -> int:
-        gi, gj = self.tile_grid(out_features, in_features)
-        rows = [min(self.tile, out_features - a * self.tile) for a in range(gi)]
-        cols = [min(self.tile, in_features - b * self.tile) for b in range(gj)]
-        return sum(
-            rows[a] * cols[b] for a in range(gi) for b in range(gj) if (a + b) % self.dp == self.offset
-        )
+        self.tile_grid(out_features, in_features)  # validates
+        return _kept_weights(out_features, in_features, self.tile, self.dp, self.offset)
 
     def tile_scale(self, out_features: int, in_features: int) -> float:
         kept = self.num_kept_weights(out_features, in_features)
@@ -139,3 +136,17 @@ def check_rate(rate: float, name: str = "rate") -> float:
     if not (0.0 <= value < 1.0) or math.isnan(value):
         raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _kept_weights(out_features: int, in_features: int, tile: int, dp: int, offset: int) -> int:
+    """Kept weights of a tile pattern in O(tiles per side), cached: every tile layer asks each step.
+
+    Tile-row ``a`` keeps the tile-columns ``b = offset - a (mod dp)``, so it needs only the
+    widths of the tile-columns summed per residue class.
+    """
+    gi, gj = math.ceil(out_features / tile), math.ceil(in_features / tile)
+    class_cols = [0] * dp
+    for b in range(gj):
+        class_cols[b % dp] += min(tile, in_features - b * tile)
+    return sum(min(tile, out_features - a * tile) * class_cols[(offset - a) % dp] for a in range(gi))
