@@ -176,12 +176,8 @@ class _TileLinear(torch.autograd.Function):
         if b_cur is not None:
             bias = b_cur.new(lambda m: m)  # current values (a LazySGD's pending update folded in)
         batch = x.shape[0]
-        if not empty_rows:
-            y = x.new_empty(batch, out_features)
-        elif bias is None:
-            y = x.new_zeros(batch, out_features)
-        else:  # rows meeting no kept tile output just the bias (only when dp > tile columns)
-            y = bias.expand(batch, out_features).contiguous()
+        # rows meeting no kept tile (only when dp > tile columns) output just the bias
+        y = x.new_zeros(batch, out_features) if empty_rows else x.new_empty(batch, out_features)
         saved = []
         for k in classes:
             wk = weight.new_empty(k.rseg[2], k.cseg[2])
@@ -191,12 +187,10 @@ class _TileLinear(torch.autograd.Function):
             else:
                 _copy_blocks(packed, _block_views(weight, t, k.a, k.c, dp, k.rseg, k.cseg))
             xc = _gather(x, t, k.c, dp, k.cseg)
-            if bias is not None:
-                yk = torch.addmm(_gather(bias.unsqueeze(0), t, k.a, dp, k.rseg), xc, wk.t(), alpha=scale)
-            else:
-                yk = _mm(xc, wk.t(), scale)
-            _scatter(y, yk, t, k.a, dp, k.rseg)
+            _scatter(y, _mm(xc, wk.t(), scale), t, k.a, dp, k.rseg)
             saved += [wk, xc]
+        if bias is not None:  # one pass over y, not a gather per class
+            y.add_(bias)
         if relu:
             y.relu_()
         ctx.save_for_backward(x, weight, y if relu else None, *saved)
