@@ -335,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None,
                    help="timed steps per round, one pattern-sequence period (default: 192 for MLPs, whose two "
                         "chained sites need a long period to sample their joint distribution; 24 for LSTMs, "
-                        "whose per-site costs add up and are realised exactly by any period)")
+                        "whose sites cost independently, so only each site's dp counts matter)")
     p.add_argument("--rounds", type=int, default=3, help="rounds over the period; per-position median")
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--interleave", choices=("period", "step"), default="period",
