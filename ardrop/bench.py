@@ -314,7 +314,8 @@ def bench_one(spec, kind, rate, optimizer, args):
         "base_ms": base_mean, "approx_ms": approx_mean, "speedup": base_mean / approx_mean,
         "base_median_ms": base_med, "approx_median_ms": approx_med, "speedup_median": base_med / approx_med,
         "ideal_flop_ratio": dense / approx_flops, "steps": steps,
-        "expected_ideal_flop_ratio": expected_flop_ratio(spec, kind, [searches[n]["probs"] for n in searches], args.tile),
+        "expected_ideal_flop_ratio": expected_flop_ratio(spec, kind, [v["probs"] for v in searches.values()],
+                                                         args.tile),
         "realised_rate": realised, "search": searches,
         "base_times_s": times["base"], "approx_times_s": times["approx"],
     }
@@ -369,7 +370,8 @@ def validate(args) -> None:
     for o in args.optimizers:
         if o not in OPTIMIZERS:
             raise ValueError(f"--optimizers takes {', '.join(OPTIMIZERS)}, got {o!r}")
-    for name, v in (("--repeats", 1 if args.repeats is None else args.repeats), ("--rounds", args.rounds), ("--batch-size", args.batch_size),
+    repeats = 1 if args.repeats is None else args.repeats  # None: the model family's default period
+    for name, v in (("--repeats", repeats), ("--rounds", args.rounds), ("--batch-size", args.batch_size),
                     ("--max-dp", args.max_dp)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
@@ -390,12 +392,14 @@ def ensure_allocator_env(args, argv) -> None:
 
 
 def print_table(rows) -> None:
-    head = f"{'model':<14}{'kind':<6}{'rate':>5}{'optim':>7}{'bern ms':>10}{'approx ms':>11}{'speedup':>9}{'(median)':>10}{'ideal':>8}{'E ideal':>9}"
+    head = (f"{'model':<14}{'kind':<6}{'rate':>5}{'optim':>7}{'bern ms':>10}{'approx ms':>11}{'speedup':>9}"
+            f"{'(median)':>10}{'ideal':>8}{'E ideal':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['model']:<14}{r['kind']:<6}{r['rate']:>5.2f}{r['optimizer']:>7}{r['base_ms']:>10.2f}"
-              f"{r['approx_ms']:>11.2f}{r['speedup']:>8.2f}x{r['speedup_median']:>9.2f}x{r['ideal_flop_ratio']:>7.2f}x{r['expected_ideal_flop_ratio']:>8.2f}x")
+              f"{r['approx_ms']:>11.2f}{r['speedup']:>8.2f}x{r['speedup_median']:>9.2f}x{r['ideal_flop_ratio']:>7.2f}x"
+              f"{r['expected_ideal_flop_ratio']:>8.2f}x")
 
 
 def main(argv: list[str] | None = None) -> dict:
