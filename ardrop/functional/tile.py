@@ -150,11 +150,8 @@ def _mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
 def _zero_tiles(buf: torch.Tensor, region) -> None:
     """Zero the kept tiles of an earlier step's pattern ``(dp, offset, tile)`` (1/dp of ``buf``)."""
     dp, offset, t = region
-    classes, _ = _classes(buf.shape[0], buf.shape[1], t, dp, offset)
-    for k in classes:
-        for v in _block_views(buf, t, k.a, k.c, dp, k.rseg, k.cseg):
-            if v is not None:
-                v.zero_()
+    for v in tile_region(buf.shape[0], buf.shape[1], t, dp, offset).views(buf):
+        v.zero_()
 
 
 @lru_cache(maxsize=1024)
