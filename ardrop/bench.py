@@ -258,22 +258,24 @@ def time_pair(base_step, approx_step, set_step, steps, rounds, warmup, interleav
     order = (("base", base_step), ("approx", approx_step))
     for r in range(rounds):
         row = {"base": [], "approx": []}
+
+        def timed(side, fn):
+            t0 = time.perf_counter()
+            fn()
+            row[side].append(time.perf_counter() - t0)
+
         if interleave == "step":
             for s in range(steps):
                 set_step(s)
                 for side, fn in order if s % 2 == 0 else order[::-1]:
-                    t0 = time.perf_counter()
-                    fn()
-                    row[side].append(time.perf_counter() - t0)
+                    timed(side, fn)
         else:
             for side, fn in order if r % 2 == 0 else order[::-1]:
                 set_step(steps - 1)
                 fn()  # untimed: back to this model's own steady state
                 for s in range(steps):
                     set_step(s)
-                    t0 = time.perf_counter()
-                    fn()
-                    row[side].append(time.perf_counter() - t0)
+                    timed(side, fn)
         for side in times:
             times[side].append(row[side])
     return times
