@@ -126,3 +126,10 @@ class PatternProbe:
                            self.path / f"rank{trainer.global_rank}.pt")
 
         return _Probe()
+
+
+@pytest.fixture(params=["native", "torch"])
+def native_mode(request, monkeypatch):
+    """Run a test with ardrop's fused CPU kernels (the default) and with the plain torch path."""
+    monkeypatch.setenv("ARDROP_NATIVE", "auto" if request.param == "native" else "0")
+    return request.param

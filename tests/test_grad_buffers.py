@@ -59,7 +59,7 @@ def _err(got, ref):
 
 
 @pytest.mark.parametrize("kind", ["row", "tile"])
-def test_every_step_matches_reference_while_buffer_is_recycled(kind):
+def test_every_step_matches_reference_while_buffer_is_recycled(kind, native_mode):
     rng = random.Random(7)
     w, b = _leaf(1)
     ptrs, prev = set(), None
@@ -123,7 +123,7 @@ def test_disabled_switch_allocates_fresh_gradients(monkeypatch):
     assert len({p.data_ptr() for p in ptrs}) == 3
 
 
-def test_row_and_tile_ops_sharing_a_weight_zero_each_others_blocks():
+def test_row_and_tile_ops_sharing_a_weight_zero_each_others_blocks(native_mode):
     rng = random.Random(11)
     w, b = _leaf(5)
     for step in range(30):

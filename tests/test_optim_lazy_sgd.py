@@ -84,7 +84,7 @@ HYPERS = [
 
 
 @pytest.mark.parametrize("hyper", HYPERS, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()))
-def test_lazy_sgd_equals_torch_sgd(hyper):
+def test_lazy_sgd_equals_torch_sgd(hyper, native_mode):
     _assert_same(*_run_pair(hyper))
 
 
@@ -125,7 +125,7 @@ def _written_by_step(model, layer, opt, x, patterns):
     return written
 
 
-def test_only_the_read_region_is_written():
+def test_only_the_read_region_is_written(native_mode):
     """Dropped rows, and dropped tiles, stay untouched until a flush (they still move: momentum)."""
     torch.manual_seed(0)
     x = torch.randn(3, 16, dtype=torch.float64)

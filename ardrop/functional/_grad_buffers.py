@@ -56,11 +56,14 @@ def gradient_buffer(
     weight: torch.Tensor,
     region,
     zero_region: Callable[[torch.Tensor, object], None],
+    overwrites: Callable[[tuple], bool] | None = None,
 ) -> torch.Tensor:
     """A contiguous tensor shaped like ``weight``, zero everywhere except possibly ``region``.
 
     The caller then writes the whole of ``region`` and calls `seal`. ``region`` is any
     hashable key for the block; ``zero_region(buf, key)`` zeroes the block of an earlier key.
+    ``overwrites((zero_region, key))``, when given, says that the caller's write will cover
+    that earlier block anyway (zeros included), so it is not zeroed first.
     """
     if not enabled or _use_count is None:
         return _fresh(weight)
@@ -72,7 +75,8 @@ def gradient_buffer(
         return _fresh(weight)  # still in use elsewhere
     elif rec.tensor._version != rec.version:
         rec.tensor.zero_()  # written in place since: its zeros are not known any more
-    elif rec.region is not None and rec.region != (zero_region, region):
+    elif rec.region is not None and rec.region != (zero_region, region) and not (
+            overwrites is not None and overwrites(rec.region)):
         rec.region[0](rec.tensor, rec.region[1])  # the op that wrote it knows its block's shape
     rec.region = (zero_region, region)
     rec.version = -1  # not sealed: a fill that stops half-way must not be trusted

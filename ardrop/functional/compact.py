@@ -25,7 +25,8 @@ from ardrop.functional._common import (
     cuda_op,
 )
 from ardrop.functional._grad_buffers import gradient_buffer, seal
-from ardrop.optim.lazy_sgd import before_read, rows_region
+from ardrop import native
+from ardrop.optim.lazy_sgd import LINE_FLOATS, before_read, rows_region
 
 
 def _rows(t: torch.Tensor, dp: int, offset: int) -> torch.Tensor:
@@ -36,6 +37,19 @@ def _rows(t: torch.Tensor, dp: int, offset: int) -> torch.Tensor:
 def _zero_block_rows(buf: torch.Tensor, region) -> None:
     """Zero the rows of an earlier step's block (whole rows: strided columns touch every line anyway)."""
     _rows(buf, region[0], region[1]).zero_()
+
+
+def _rows_overwrite(dp: int, offset: int):
+    """Whether writing whole rows ``offset::dp`` covers an earlier block of `_zero_block_rows`.
+
+    Rows ``o'::d'`` lie within ``offset::dp`` iff ``dp`` divides ``d'`` and ``o' % dp == offset``;
+    then re-zeroing them first would be a wasted pass (a dense step after any pattern, say).
+    """
+    def overwrites(earlier) -> bool:
+        zeroer, key = earlier
+        return zeroer is _zero_block_rows and key[0] % dp == 0 and key[1] % dp == offset
+
+    return overwrites
 
 
 def _kept_block(weight: torch.Tensor, current, out_dp, out_off, in_dp, in_off) -> torch.Tensor:
@@ -84,11 +98,19 @@ class _CompactLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             gx = _scaled_mm(gz, wk, alpha)
         if ctx.needs_input_grad[1]:
-            gw = gradient_buffer(weight, (out_dp, out_off, in_dp, in_off), _zero_block_rows)
+            whole_rows = in_dp < LINE_FLOATS  # the write below covers the kept rows entirely
+            gw = gradient_buffer(weight, (out_dp, out_off, in_dp, in_off), _zero_block_rows,
+                                 _rows_overwrite(out_dp, out_off) if whole_rows else None)
+            rows = _rows(gw, out_dp, out_off)
             if in_dp == 1:  # the compact GEMM writes the kept rows in place, no second pass
-                _scaled_mm(gz.t(), x, alpha, out=_rows(gw, out_dp, out_off))
+                _scaled_mm(gz.t(), x, alpha, out=rows)
             else:
-                _rows(gw, out_dp, out_off)[:, in_off::in_dp].copy_(_scaled_mm(gz.t(), x, alpha))
+                block = _scaled_mm(gz.t(), x, alpha)
+                if not whole_rows:  # a wide stride: touch only the kept columns' cache lines
+                    rows[:, in_off::in_dp].copy_(block)
+                elif not native.scatter_cols_(rows, block, in_dp, in_off):
+                    rows.zero_()  # (the fused kernel does both in one write pass)
+                    rows[:, in_off::in_dp].copy_(block)
             seal(weight, gw)
         if has_bias and ctx.needs_input_grad[2]:
             gb = grad_y.new_zeros(weight.shape[0])

@@ -46,6 +46,8 @@ import torch
 from torch.optim.sgd import sgd as torch_sgd
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from ardrop import native
+
 _OWNERS = WeakTensorKeyDictionary()  # parameter -> weakref to the LazySGD managing it
 _DENSE_ONLY = WeakTensorKeyDictionary()  # parameters read by code that does not report (tied weights)
 _MAX_GROWTH = 256.0  # flush once the frame amplifies stored values by more than this
@@ -76,7 +78,7 @@ class Region:
 DENSE = Region(("dense",), lambda t: [t])
 
 
-_LINE_FLOATS = 16  # a 64-byte cache line of float32
+LINE_FLOATS = 16  # a 64-byte cache line of float32: below this column stride, whole rows are cheaper
 
 
 def rows_region(dp: int, offset: int, in_dp: int = 1, in_offset: int = 0) -> Region:
@@ -97,7 +99,7 @@ def rows_region(dp: int, offset: int, in_dp: int = 1, in_offset: int = 0) -> Reg
     def rows(t):
         return [t[offset::dp]]
 
-    return Region(("rows", dp, offset, in_dp, in_offset), views, rows if in_dp < _LINE_FLOATS else None)
+    return Region(("rows", dp, offset, in_dp, in_offset), views, rows if in_dp < LINE_FLOATS else None)
 
 
 class Current:
@@ -342,11 +344,14 @@ class LazySGD(torch.optim.Optimizer):
             det = bb * ww - bw * wb
             kb, kw = (ww * eb - bw * ew) / det, (bb * ew - wb * eb) / det
         g_views = region.write_views(p.grad)
-        if kw != 0.0:  # 0 in the step after a flush without weight decay: the frame carries it
-            for g, w in zip(g_views, region.write_views(p)):
+        w_views = region.write_views(p)
+        b_views = region.write_views(buf) if buf is not None else [None] * len(g_views)
+        for g, w, b in zip(g_views, w_views, b_views):
+            if b is not None and kw != 0.0 and kb != 0.0 and native.axpy2_(w, b, g, kw, kb):
+                continue  # one fused pass: the gradient is read once
+            if kw != 0.0:  # 0 in the step after a flush without weight decay: the frame carries it
                 w.add_(g, alpha=kw)
-        if buf is not None and kb != 0.0:
-            for g, b in zip(g_views, region.write_views(buf)):
+            if b is not None and kb != 0.0:
                 b.add_(g, alpha=kb)
         frame.bb, frame.bw, frame.wb, frame.ww = bb, bw, wb, ww
         frame.steps += 1

@@ -1,0 +1,60 @@
+/* Fused CPU passes for ardrop's memory-bound steps (see ardrop/native/__init__.py).
+ *
+ * Plain C with OpenMP, loaded with ctypes: no torch headers, so it builds in about a
+ * second. It must be loaded after torch so that its OpenMP calls resolve to the
+ * libgomp torch already loaded and share torch's thread pool and thread count.
+ *
+ * Each kernel walks `rows` rows of `cols` contiguous elements; row r of a tensor starts
+ * at base + r * row_stride. That covers every view a LazySGD region writes (whole
+ * tensors, rows offset::dp, a bias vector as one row).
+ */
+#include <stdint.h>
+
+#define PARALLEL_MIN 32768 /* elements below which one thread is faster than waking two */
+
+/* w += kw * g and b += kb * g in one pass: g is read once instead of twice.
+ * `threads` is torch.get_num_threads(), passed because OpenMP's count is per thread. */
+#define AXPY2(NAME, T)                                                                 \
+    void NAME(T *w, T *b, const T *g, int64_t rows, int64_t cols, int64_t rs_w,        \
+              int64_t rs_b, int64_t rs_g, double kw_, double kb_, int threads) {       \
+        const T kw = (T)kw_, kb = (T)kb_;                                              \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)                \
+                 if (rows * cols >= PARALLEL_MIN)")                                    \
+        for (int64_t r = 0; r < rows; r++) {                                           \
+            T *wr = w + r * rs_w, *br = b + r * rs_b;                                  \
+            const T *gr = g + r * rs_g;                                                \
+            _Pragma("omp simd")                                                        \
+            for (int64_t c = 0; c < cols; c++) {                                       \
+                const T x = gr[c];                                                     \
+                wr[c] += kw * x;                                                       \
+                br[c] += kb * x;                                                       \
+            }                                                                          \
+        }                                                                              \
+    }
+
+/* Whole rows of dst: src's columns at off, off+step, ... and exact zeros in between.
+ * One write pass replaces zeroing the rows and a strided read-modify-write: each row
+ * is zeroed while it sits in L1, then its kept columns are filled. */
+#define SCATTER_COLS(NAME, T)                                                          \
+    void NAME(T *dst, const T *src, int64_t rows, int64_t cols, int64_t rs_dst,        \
+              int64_t rs_src, int64_t step, int64_t off, int threads) {                \
+        const int64_t kept = cols > off ? (cols - off + step - 1) / step : 0;          \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)                \
+                 if (rows * cols >= PARALLEL_MIN)")                                    \
+        for (int64_t r = 0; r < rows; r++) {                                           \
+            T *d = dst + r * rs_dst;                                                   \
+            const T *s = src + r * rs_src;                                             \
+            _Pragma("omp simd")                                                        \
+            for (int64_t c = 0; c < cols; c++) d[c] = (T)0;                            \
+            for (int64_t c = 0; c < kept; c++) d[off + c * step] = s[c];               \
+        }                                                                              \
+    }
+
+AXPY2(ardrop_axpy2_f32, float)
+AXPY2(ardrop_axpy2_f64, double)
+SCATTER_COLS(ardrop_scatter_cols_f32, float)
+SCATTER_COLS(ardrop_scatter_cols_f64, double)
+
+/* The OpenMP runtime's thread count as this library sees it (tests compare it with torch's). */
+#include <omp.h>
+int ardrop_omp_max_threads(void) { return omp_get_max_threads(); }

@@ -1,0 +1,124 @@
+"""The fused CPU kernels (`ardrop.native`) against plain torch ops, and their loader.
+
+Each kernel is checked on views of larger tensors so that a wrong row stride or a write
+past a row's end shows up in the elements that must stay untouched. The layers'
+end-to-end equivalence with the masked reference runs with the kernels on (the
+default) in the other test files, and with them off where those tests say so.
+"""
+
+import pytest
+import torch
+
+from ardrop import native
+
+pytestmark = pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
+
+DTYPES = [torch.float32, torch.float64]
+TOL = {torch.float32: 1e-6, torch.float64: 1e-14}
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _views(t):
+    """Whole tensor, row-strided rows, a column prefix (row stride > row length), one row, a bias."""
+    return {
+        "whole": lambda: t,
+        "rows::3": lambda: t[1::3],
+        "cols[:-5]": lambda: t[:, :-5],
+        "row": lambda: t[4],
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(9, 13), (517, 300)])  # one thread, then the parallel path
+@pytest.mark.parametrize("view", ["whole", "rows::3", "cols[:-5]", "row"])
+def test_axpy2_matches_two_torch_adds_and_writes_nothing_else(dtype, shape, view):
+    g = _gen()
+    w, b, grad = (torch.randn(shape, generator=g, dtype=dtype) for _ in range(3))
+    w_ref, b_ref = w.clone(), b.clone()
+    _views(w_ref)[view]().add_(_views(grad)[view](), alpha=0.3)
+    _views(b_ref)[view]().add_(_views(grad)[view](), alpha=-2.5)
+    assert native.axpy2_(_views(w)[view](), _views(b)[view](), _views(grad)[view](), 0.3, -2.5)
+    assert torch.allclose(w, w_ref, rtol=TOL[dtype], atol=TOL[dtype])
+    assert torch.allclose(b, b_ref, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(9, 13), (517, 300)])
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 13])
+def test_scatter_cols_writes_whole_rows_with_zeros_between(dtype, shape, step):
+    g = _gen(1)
+    for offset in sorted({0, step - 1, step // 2}):
+        base = torch.randn(shape[0], shape[1] + 4, generator=g, dtype=dtype)
+        dst = base[1::2, 2:-2]  # strided rows, each row a slice of a longer one
+        src = torch.randn(dst.shape[0], len(range(offset, dst.shape[1], step)), generator=g, dtype=dtype)
+        ref = base.clone()
+        ref[1::2, 2:-2] = 0
+        ref[1::2, 2:-2][:, offset::step] = src
+        assert native.scatter_cols_(dst, src, step, offset)
+        assert torch.equal(base, ref), offset
+
+
+def test_unsupported_layouts_are_refused_untouched():
+    g = _gen(2)
+    w, b, grad = (torch.randn(8, 10, generator=g) for _ in range(3))
+    before = w.clone()
+    assert not native.axpy2_(w[:, ::2], b[:, ::2], grad[:, ::2], 1.0, 1.0)  # strided columns
+    assert not native.axpy2_(w.t(), b.t(), grad.t(), 1.0, 1.0)  # column-major
+    assert not native.axpy2_(w, b, grad.double(), 1.0, 1.0)  # mixed dtypes
+    assert not native.axpy2_(w[:4], b[:4], grad[:5], 1.0, 1.0)  # mismatched shapes
+    assert not native.axpy2_(w.half(), b.half(), grad.half(), 1.0, 1.0)  # no half kernel
+    assert not native.scatter_cols_(w, torch.randn(8, 4), 2, 0)  # src is not the kept width (5)
+    assert not native.scatter_cols_(w, torch.randn(8, 5), 2, 2)  # offset outside 0..step-1
+    assert torch.equal(w, before)
+
+
+def test_kernels_share_torchs_openmp_runtime_and_thread_count():
+    lib = native.load()
+    assert len(native._openmp_runtimes()) <= 1  # no second runtime (thread pools would compete)
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert lib.ardrop_omp_max_threads() == n  # one runtime: torch's setting is seen
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_off_switch_and_bad_mode(monkeypatch):
+    monkeypatch.setenv("ARDROP_NATIVE", "0")
+    assert not native.available()
+    w = torch.zeros(4, 4)
+    assert not native.axpy2_(w, w.clone(), torch.ones(4, 4), 1.0, 1.0) and not w.any()
+    monkeypatch.setenv("ARDROP_NATIVE", "fast")
+    with pytest.raises(ValueError, match="ARDROP_NATIVE='fast'.*0.*auto.*require"):
+        native.env_mode()
+
+
+def test_a_failed_build_falls_back_with_one_warning_or_raises_when_required(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARDROP_NATIVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    native._reset_for_tests()
+    try:
+        with pytest.warns(RuntimeWarning, match="torch path is used"):
+            assert not native.available()
+        w = torch.zeros(3, 3)
+        assert not native.axpy2_(w, w.clone(), torch.ones(3, 3), 1.0, 1.0)  # no second warning, no write
+        assert not w.any()
+        monkeypatch.setenv("ARDROP_NATIVE", "require")
+        with pytest.raises(native.NativeUnavailable, match="C compiler"):
+            native.axpy2_(w, w.clone(), torch.ones(3, 3), 1.0, 1.0)
+    finally:
+        monkeypatch.undo()
+        native._reset_for_tests()
+    assert native.available()  # the real compiler builds again afterwards
+
+
+def test_cache_is_keyed_by_source_and_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARDROP_NATIVE_CACHE", str(tmp_path))
+    first = native.build_directory()
+    monkeypatch.setenv("CC", "clang-that-differs")
+    assert native.build_directory() != first
+    assert first.parent == tmp_path
