@@ -418,6 +418,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.denormals == "flush" and not torch.set_flush_denormal(True):
         print("warning: this CPU cannot flush denormals; timings may include slow denormal arithmetic",
               file=sys.stderr)
+    from ardrop import native
+
+    native_kernels = native.available()  # the approximate side's fused CPU passes (ARDROP_NATIVE)
+    print(f"# fused CPU kernels: {'on' if native_kernels else 'off (torch path)'}", flush=True)
     specs = [parse_model(m, args) for m in args.models]
     rows = []
     for spec in specs:
@@ -431,7 +435,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(rows)
     result = {
         "config": {**vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "allocator_env": {k: os.environ.get(k) for k in ALLOC_ENV}},
+                   "allocator_env": {k: os.environ.get(k) for k in ALLOC_ENV}, "native_kernels": native_kernels},
         "results": rows,
     }
     path = args.json or os.path.join("outputs", "bench", time.strftime("bench-%Y%m%d-%H%M%S.json"))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from ardrop import native
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--models", "mlp48x40,lstm2", "--lstm-hidden", "16", "--vocab", "40", "--seq-len", "4", "--lstm-batch", "3",
          "--batch-size", "8", "--repeats", "3", "--rounds", "1", "--warmup", "1", "--tile", "8",
@@ -28,6 +30,7 @@ def test_bench_smoke_writes_json(tmp_path):
     # re-executed itself under the allocator settings
     assert all(v is not None for v in data["config"]["allocator_env"].values())
     assert data["config"]["denormals"] == "flush"
+    assert data["config"]["native_kernels"] == (native.compiler() is not None)  # recorded, on where it can build
     rows = data["results"]
     assert {(r["model"], r["kind"], r["optimizer"]) for r in rows} == {
         (m, k, o) for m in ("mlp48x40", "lstm2") for k in ("row", "tile") for o in ("sgd", "fused", "lazy")
