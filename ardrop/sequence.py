@@ -41,7 +41,7 @@ def largest_remainder_counts(probs: Sequence[float], total: int) -> list[int]:
     return counts
 
 
-def _stable_seed(*parts: object) -> int:
+def stable_seed(*parts: object) -> int:
     """A seed that is identical across processes (Python's ``hash`` is salted per process)."""
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -79,7 +79,7 @@ class PatternSequence:
     def epoch_arrays(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(dps, offsets)`` for steps ``epoch*T .. (epoch+1)*T - 1``."""
         if epoch not in self._cache:
-            gen = torch.Generator().manual_seed(_stable_seed("ardrop", self.seed, self.site, epoch))
+            gen = torch.Generator().manual_seed(stable_seed("ardrop", self.seed, self.site, epoch))
             unfolded = torch.repeat_interleave(
                 torch.arange(1, self.max_dp + 1), torch.tensor(self.counts, dtype=torch.long)
             )

@@ -6,6 +6,8 @@ sets the pattern of step `trainer.global_step` on each site. Because a sequence 
 function of (seed, site, step), DDP ranks agree without communicating and a resumed run
 continues exactly; the sequences' state still goes into checkpoints so that a resume with
 a changed config (e.g. more epochs) keeps the original plan instead of silently re-planning.
+Bernoulli (baseline) sites get a per-step mask seed from the same (seed, site, step), so a
+resumed baseline run also replays the uninterrupted one.
 """
 from __future__ import annotations
 
@@ -20,11 +22,15 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from ardrop.nn import PatternSite
 from ardrop.search import DEFAULT_MAX_DP, METHODS, search
-from ardrop.sequence import PatternSequence
+from ardrop.sequence import PatternSequence, stable_seed
 
 
 def structured_sites(module: torch.nn.Module) -> list[tuple[str, PatternSite]]:
     return [(n, m) for n, m in module.named_modules() if isinstance(m, PatternSite) and m.structured]
+
+
+def bernoulli_sites(module: torch.nn.Module) -> list[tuple[str, PatternSite]]:
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, PatternSite) and m.kind == "bernoulli"]
 
 
 class PatternCallback(pl.Callback):
@@ -109,6 +115,8 @@ class PatternCallback(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = trainer.global_step
+        for name, site in bernoulli_sites(pl_module):  # the baseline's masks resume exactly too
+            site.set_step_seed(stable_seed("ardrop-bernoulli", self.seed, name, step))
         for name, site in structured_sites(pl_module):
             pattern = self.sequences[name][step]
             site.set_pattern(pattern)

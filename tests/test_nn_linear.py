@@ -58,6 +58,26 @@ def test_bernoulli_and_none_in_training():
     torch.testing.assert_close(n(x), F.linear(x, n.weight, n.bias))
 
 
+def test_bernoulli_step_seed_makes_masks_a_function_of_the_seed():
+    """Same step seed: the same mask whatever the global RNG did; another seed: another mask."""
+    m = ApproxLinear(30, 200, kind="bernoulli", rate=0.3)
+    x = torch.randn(16, 30)
+    dense = F.linear(x, m.weight, m.bias)
+    outs = []
+    for seed, global_seed in ((5, 0), (5, 123), (6, 0)):
+        torch.manual_seed(global_seed)
+        m.site.set_step_seed(seed)
+        outs.append(m(x))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    kept = outs[0] != 0
+    assert 0.62 < kept.float().mean().item() < 0.78  # keep probability 0.7
+    torch.testing.assert_close(outs[0][kept], dense[kept] / 0.7)  # inverted-dropout scaling
+    m.eval()
+    torch.testing.assert_close(m(x), dense)  # evaluation ignores the seed: dense, unscaled
+    with pytest.raises(ValueError, match="step seed"):
+        m.site.set_step_seed(-1)
+
+
 def test_training_without_pattern_raises():
     m = ApproxLinear(5, 6, kind="row")
     with pytest.raises(RuntimeError, match="no pattern"):

@@ -110,7 +110,7 @@ class ApproxLinear(nn.Module):
         check_width(x, self.in_features, "ApproxLinear")
         kind = self.kind
         if kind == "bernoulli":
-            return F.dropout(self._dense(x), self.site.rate, self.training)
+            return self.site.bernoulli(self._dense(x))
         p = self.site.active_pattern()
         if p is None:
             return self._dense(x)

@@ -189,7 +189,7 @@ class ApproxLSTMLM(nn.Module):
             flush_params(w_ih, b_ih)  # dense reads of the stored tensors
         if pattern is None:
             if site.kind == "bernoulli":
-                x = F.dropout(x, site.rate, self.training)
+                x = site.bernoulli(x)
             run = lstm_layer_reference if reference else lstm_layer_fused
             return run(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         dp, off = pattern.dp, pattern.offset
@@ -218,7 +218,7 @@ class ApproxLSTMLM(nn.Module):
             flush_params(w, b)  # dense reads of the stored tensors
         if pattern is None:
             if site.kind == "bernoulli":
-                x = F.dropout(x, site.rate, self.training)
+                x = site.bernoulli(x)
             return F.linear(x, w, b)
         dp, off = pattern.dp, pattern.offset
         if pattern.kind == "row":

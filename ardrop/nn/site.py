@@ -8,6 +8,8 @@ data-parallel ranks and recomputation agree by construction.
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ardrop.patterns import DEFAULT_TILE, Pattern, check_rate
@@ -31,6 +33,8 @@ class PatternSite(nn.Module):
         self.max_dp = max_dp
         self.tile = tile
         self.pattern: Pattern | None = None
+        self.step_seed: int | None = None  # Bernoulli masks' seed for this step (set from outside)
+        self._generators: dict[torch.device, torch.Generator] = {}
 
     @property
     def structured(self) -> bool:
@@ -53,6 +57,29 @@ class PatternSite(nn.Module):
         if pattern.kind == "tile" and pattern.tile != self.tile:
             raise ValueError(f"pattern tile size {pattern.tile} differs from the site's {self.tile}")
         self.pattern = pattern
+
+    def set_step_seed(self, seed: int | None) -> None:
+        """Seed this step's Bernoulli mask (``callbacks.PatternCallback`` derives it from (seed, site, step)).
+
+        Why: with torch's global generator a resumed run draws different masks from the
+        uninterrupted one; a per-step seed makes the masks, like the patterns, a pure
+        function of (seed, site, step). None goes back to the global generator.
+        """
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"step seed must be an integer >= 0 or None, got {seed!r}")
+        self.step_seed = seed
+        self._generators.clear()  # re-seeded lazily, one per device the site runs on
+
+    def bernoulli(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.dropout(x, rate)`` in training, drawing from this step's seed when one is set."""
+        if not self.training or self.rate == 0.0 or self.step_seed is None:
+            return F.dropout(x, self.rate, self.training)
+        gen = self._generators.get(x.device)
+        if gen is None:
+            gen = self._generators[x.device] = torch.Generator(device=x.device)
+            gen.manual_seed(self.step_seed)
+        keep = 1.0 - self.rate
+        return x * torch.empty_like(x).bernoulli_(keep, generator=gen).div_(keep)  # F.dropout's own ops
 
     def active_pattern(self) -> Pattern | None:
         """The pattern to apply now, or None when the layer should run dense.
