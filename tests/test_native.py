@@ -61,6 +61,32 @@ def test_scatter_cols_writes_whole_rows_with_zeros_between(dtype, shape, step):
         assert torch.equal(base, ref), offset
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [17, 70001])  # one thread, then the parallel path
+def test_frame_step_applies_the_2x2_map_and_the_kick(dtype, n):
+    g = _gen(3)
+    w, b, grad = (torch.randn(n, generator=g, dtype=dtype) for _ in range(3))
+    frame, kick = (0.81, 0.003, -0.0405, 0.9998), (1.0, -0.05)
+    b_ref = frame[0] * b + frame[1] * w + kick[0] * grad
+    w_ref = frame[2] * b + frame[3] * w + kick[1] * grad
+    assert native.frame_step_(w, b, grad, frame, kick)
+    assert torch.allclose(w, w_ref, rtol=TOL[dtype], atol=TOL[dtype])
+    assert torch.allclose(b, b_ref, rtol=TOL[dtype], atol=TOL[dtype])
+    assert not native.frame_step_(w[::2], b[::2], grad[::2], frame, kick)  # whole contiguous tensors only
+
+
+def test_writes_bump_version_counters_like_torch_in_place_ops():
+    w, b, grad = torch.zeros(4, 6), torch.zeros(4, 6), torch.ones(4, 6)
+    before = w._version, b._version
+    assert native.axpy2_(w, b, grad, 1.0, 2.0)
+    assert w._version > before[0] and b._version > before[1]
+    x = torch.ones(3, requires_grad=True)
+    z = (x * 2).exp()  # exp saves its output for backward
+    assert native.axpy2_(z.detach(), torch.zeros(3), torch.ones(3), 1.0, 1.0)  # an alias: one counter
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.sum().backward()
+
+
 def test_unsupported_layouts_are_refused_untouched():
     g = _gen(2)
     w, b, grad = (torch.randn(8, 10, generator=g) for _ in range(3))

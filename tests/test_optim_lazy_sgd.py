@@ -240,6 +240,26 @@ def test_rows_really_are_deferred():
     assert not torch.equal(layer.weight.detach()[1::2], before)  # momentum moved them
 
 
+def test_a_step_over_the_whole_tensor_leaves_true_values_with_the_fused_kernel(native_mode):
+    """Dense reads and whole-row writes cover every element: with the fused kernel the step
+    writes true values (identity frame, so the next read needs no gather); without it the
+    frame keeps the pending update. Both equal torch's SGD."""
+    torch.manual_seed(0)
+    layer = ApproxLinear(6, 8, kind="row", rate=0.5).double()
+    ref = copy.deepcopy(layer)
+    opt = LazySGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    for p in (Pattern("row", 1, 0), Pattern("row", 2, 1), Pattern("row", 1, 0)):
+        for m, o in ((layer, opt), (ref, ref_opt)):
+            m.site.set_pattern(p)
+            o.zero_grad()
+            m(x).sum().backward()
+            o.step()
+    assert opt._frames[layer.weight].identity == (native_mode == "native")
+    _assert_same(layer, ref, opt, ref_opt)
+
+
 def test_eval_forward_sees_current_weights():
     torch.manual_seed(0)
     model = ApproxMLP(SIZES, kind="row", rates=0.5).double()

@@ -128,6 +128,9 @@ def _load_library(path: Path) -> ctypes.CDLL:
         fn = getattr(lib, f"ardrop_axpy2_{suffix}")
         fn.argtypes = [c_ptr, c_ptr, c_ptr, c_i64, c_i64, c_i64, c_i64, c_i64, c_dbl, c_dbl, ctypes.c_int]
         fn.restype = None
+        fn = getattr(lib, f"ardrop_frame_step_{suffix}")
+        fn.argtypes = [c_ptr, c_ptr, c_ptr, c_i64, *[c_dbl] * 6, ctypes.c_int]
+        fn.restype = None
         fn = getattr(lib, f"ardrop_scatter_cols_{suffix}")
         fn.argtypes = [c_ptr, c_ptr, c_i64, c_i64, c_i64, c_i64, c_i64, c_i64, ctypes.c_int]
         fn.restype = None
@@ -205,6 +208,11 @@ def _rows_layout(t: torch.Tensor):
     return t.shape[0], expected, t.stride(0)
 
 
+def _written(*tensors: torch.Tensor) -> None:
+    """Bump version counters as torch's in-place ops do (autograd's saved-tensor checks rely on them)."""
+    torch.autograd.graph.increment_version(tensors)
+
+
 def axpy2_(w: torch.Tensor, b: torch.Tensor, g: torch.Tensor, kw: float, kb: float) -> bool:
     """``w += kw * g; b += kb * g`` in one pass. False (nothing written): use the torch path.
 
@@ -225,6 +233,27 @@ def axpy2_(w: torch.Tensor, b: torch.Tensor, g: torch.Tensor, kw: float, kb: flo
     (rows, cols, rs_w), (_, _, rs_b), (_, _, rs_g) = layouts
     getattr(lib, f"ardrop_axpy2_{dtype}")(w.data_ptr(), b.data_ptr(), g.data_ptr(), rows, cols, rs_w, rs_b, rs_g,
                                           float(kw), float(kb), torch.get_num_threads())
+    _written(w, b)
+    return True
+
+
+def frame_step_(w: torch.Tensor, b: torch.Tensor, g: torch.Tensor, frame, kick) -> bool:
+    """``b, w = bb*b + bw*w + eb*g, wb*b + ww*w + ew*g`` over whole contiguous tensors, one pass.
+
+    ``frame`` is ``(bb, bw, wb, ww)``, ``kick`` is ``(eb, ew)``. False (nothing written):
+    use the torch path.
+    """
+    dtype = _DTYPES.get(g.dtype)
+    if (dtype is None or not (w.dtype == b.dtype == g.dtype) or not (w.shape == b.shape == g.shape)
+            or g.device.type != "cpu" or w.device.type != "cpu" or b.device.type != "cpu" or g.numel() == 0
+            or not (w.is_contiguous() and b.is_contiguous() and g.is_contiguous())):
+        return False
+    lib = _lib_or_none()
+    if lib is None:
+        return False
+    getattr(lib, f"ardrop_frame_step_{dtype}")(w.data_ptr(), b.data_ptr(), g.data_ptr(), g.numel(),
+                                               *map(float, frame), *map(float, kick), torch.get_num_threads())
+    _written(w, b)
     return True
 
 
@@ -249,6 +278,7 @@ def scatter_cols_(dst: torch.Tensor, src: torch.Tensor, step: int, offset: int) 
     (rows, cols, rs_dst), (_, _, rs_src) = layouts
     getattr(lib, f"ardrop_scatter_cols_{dtype}")(dst.data_ptr(), src.data_ptr(), rows, cols, rs_dst, rs_src,
                                                  step, offset, torch.get_num_threads())
+    _written(dst)
     return True
 
 
@@ -266,6 +296,11 @@ def _self_check() -> None:
             if not (torch.allclose(w[1::2, :cols], w_ref, rtol=tol, atol=tol)
                     and torch.allclose(b[1::2, :cols], b_ref, rtol=tol, atol=tol)):
                 raise NativeUnavailable(f"self-check: axpy2 on {dtype} disagrees with torch")
+            w, b, g = (torch.randn(rows, cols, generator=gen, dtype=dtype) for _ in range(3))
+            b_ref, w_ref = 0.9 * b + 0.01 * w + 1.0 * g, -0.09 * b + 0.999 * w - 0.1 * g
+            if not frame_step_(w, b, g, (0.9, 0.01, -0.09, 0.999), (1.0, -0.1)) or not (
+                    torch.allclose(w, w_ref, rtol=tol, atol=tol) and torch.allclose(b, b_ref, rtol=tol, atol=tol)):
+                raise NativeUnavailable(f"self-check: frame_step on {dtype} disagrees with torch")
             dst, ref = torch.randn(rows, cols + 3, generator=gen, dtype=dtype), torch.zeros(rows, cols, dtype=dtype)
             src = torch.randn(rows, len(range(2, cols, 3)), generator=gen, dtype=dtype)
             ref[:, 2::3] = src

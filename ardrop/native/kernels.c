@@ -32,6 +32,23 @@
         }                                                                              \
     }
 
+/* One momentum-SGD step over a whole tensor held in a moving frame, written back as true
+ * values: (b, w) = M (b, w) + (eb, ew) g with M = [[bb, bw], [wb, ww]]. The caller then
+ * resets the frame to the identity, so the next read needs no buffer stream. */
+#define FRAME_STEP(NAME, T)                                                            \
+    void NAME(T *w, T *b, const T *g, int64_t n, double bb_, double bw_, double wb_,   \
+              double ww_, double eb_, double ew_, int threads) {                       \
+        const T bb = (T)bb_, bw = (T)bw_, wb = (T)wb_, ww = (T)ww_;                    \
+        const T eb = (T)eb_, ew = (T)ew_;                                              \
+        _Pragma("omp parallel for simd schedule(static) num_threads(threads)           \
+                 if (n >= PARALLEL_MIN)")                                              \
+        for (int64_t i = 0; i < n; i++) {                                              \
+            const T sb = b[i], sw = w[i], x = g[i];                                    \
+            b[i] = bb * sb + bw * sw + eb * x;                                         \
+            w[i] = wb * sb + ww * sw + ew * x;                                         \
+        }                                                                              \
+    }
+
 /* Whole rows of dst: src's columns at off, off+step, ... and exact zeros in between.
  * One write pass replaces zeroing the rows and a strided read-modify-write: each row
  * is zeroed while it sits in L1, then its kept columns are filled. */
@@ -52,6 +69,8 @@
 
 AXPY2(ardrop_axpy2_f32, float)
 AXPY2(ardrop_axpy2_f64, double)
+FRAME_STEP(ardrop_frame_step_f32, float)
+FRAME_STEP(ardrop_frame_step_f64, double)
 SCATTER_COLS(ardrop_scatter_cols_f32, float)
 SCATTER_COLS(ardrop_scatter_cols_f64, double)
 

@@ -102,6 +102,11 @@ def rows_region(dp: int, offset: int, in_dp: int = 1, in_offset: int = 0) -> Reg
     return Region(("rows", dp, offset, in_dp, in_offset), views, rows if in_dp < LINE_FLOATS else None)
 
 
+def _whole(view: torch.Tensor, t: torch.Tensor) -> bool:
+    """Whether ``view`` is all of ``t``."""
+    return view.shape == t.shape and view.data_ptr() == t.data_ptr() and view.stride() == t.stride()
+
+
 class Current:
     """Reads current values of a parameter held in a moving frame: ``ww * w + wb * buf``."""
 
@@ -338,13 +343,20 @@ class LazySGD(torch.optim.Optimizer):
         wb = awb * frame.bb + aww * frame.wb
         ww = awb * frame.bw + aww * frame.ww
         buf = self._buffer(p) if hyper["momentum"] != 0 else None
+        w_views = region.write_views(p)
+        if (buf is not None and len(w_views) == 1 and _whole(w_views[0], p)
+                and native.frame_step_(p.detach(), buf, p.grad, (bb, bw, wb, ww), (eb, ew))):
+            # The step writes every element anyway (a dense read, or whole rows of every
+            # row): one fused pass writes true values, and the identity frame spares the
+            # next read its buffer stream (and a gather, where the rows are read in place).
+            frame.reset()
+            return
         if buf is None:
             kb, kw = 0.0, ew / ww
         else:  # the gradient enters the stored values through the inverse frame
             det = bb * ww - bw * wb
             kb, kw = (ww * eb - bw * ew) / det, (bb * ew - wb * eb) / det
         g_views = region.write_views(p.grad)
-        w_views = region.write_views(p)
         b_views = region.write_views(buf) if buf is not None else [None] * len(g_views)
         for g, w, b in zip(g_views, w_views, b_views):
             if b is not None and kw != 0.0 and kb != 0.0 and native.axpy2_(w, b, g, kw, kb):
