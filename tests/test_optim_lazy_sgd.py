@@ -245,19 +245,21 @@ def test_a_step_over_the_whole_tensor_leaves_true_values_with_the_fused_kernel(n
     writes true values (identity frame, so the next read needs no gather); without it the
     frame keeps the pending update. Both equal torch's SGD."""
     torch.manual_seed(0)
-    layer = ApproxLinear(6, 8, kind="row", rate=0.5).double()
-    ref = copy.deepcopy(layer)
-    opt = LazySGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
+    model = ApproxMLP((6, 8, 5), kind="row", rates=0.5).double()
+    ref = copy.deepcopy(model)
+    opt = LazySGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
     x = torch.randn(3, 6, dtype=torch.float64)
     for p in (Pattern("row", 1, 0), Pattern("row", 2, 1), Pattern("row", 1, 0)):
-        for m, o in ((layer, opt), (ref, ref_opt)):
-            m.site.set_pattern(p)
+        for m, o in ((model, opt), (ref, ref_opt)):
+            m.hidden[0].site.set_pattern(p)
             o.zero_grad()
             m(x).sum().backward()
             o.step()
-    assert opt._frames[layer.weight].identity == (native_mode == "native")
-    _assert_same(layer, ref, opt, ref_opt)
+    # the hidden weight was read densely, the head's every row in strided columns (whole rows)
+    for w in (model.hidden[0].weight, model.head.weight):
+        assert opt._frames[w].identity == (native_mode == "native")
+    _assert_same(model, ref, opt, ref_opt)
 
 
 def test_eval_forward_sees_current_weights():
