@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from ardrop.build_switch import switch_mode
+
 EXT_NAME = "ardrop_cuda_ext"
 PACKAGE_DIR = Path(__file__).resolve().parent
 KERNEL_DIR = PACKAGE_DIR / "kernels"
@@ -42,29 +44,13 @@ HEADERS = tuple(sorted(KERNEL_DIR.glob("*.h")) + sorted(KERNEL_DIR.glob("*.cuh")
 CXX_FLAGS = ("-O3",)
 NVCC_FLAGS = ("-O3", "--expt-relaxed-constexpr", "-lineinfo")
 
-_OFF = {"0", "off", "false", "no"}
-_AUTO = {"", "1", "auto", "on", "true", "yes"}
-
-
 class CudaExtUnavailable(RuntimeError):
     """The CUDA extension cannot be used here; the message says why and what to do."""
 
 
 def env_mode() -> str:
     """Return "off", "auto" or "require" from ``ARDROP_CUDA_EXT``."""
-    raw = os.environ.get("ARDROP_CUDA_EXT", "auto")
-    value = raw.strip().lower()
-    if value in _OFF:
-        return "off"
-    if value in _AUTO:
-        return "auto"
-    if value == "require":
-        return "require"
-    raise ValueError(
-        f"ARDROP_CUDA_EXT={raw!r} is not understood: use 0 (torch GPU path), "
-        "1 or auto (build the CUDA kernels on first use, the default) or require "
-        "(fail loudly if they cannot be built)"
-    )
+    return switch_mode("ARDROP_CUDA_EXT", "torch GPU path", "build the CUDA kernels on first use")
 
 
 def cache_root() -> Path:

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import torch
 
+from ardrop.build_switch import switch_mode
+
 SOURCE = Path(__file__).resolve().parent / "kernels.c"
 CFLAGS = ("-O3", "-fPIC", "-shared", "-fopenmp", "-std=c11")  # no -march: the cache may be shared across CPUs
 LIB_NAME = "libardrop_native.so"
 
-_OFF = {"0", "off", "false", "no"}
-_AUTO = {"", "1", "auto", "on", "true", "yes"}
 _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 
@@ -48,18 +48,7 @@ class NativeUnavailable(RuntimeError):
 
 
 def env_mode() -> str:
-    raw = os.environ.get("ARDROP_NATIVE", "auto")
-    value = raw.strip().lower()
-    if value in _OFF:
-        return "off"
-    if value in _AUTO:
-        return "auto"
-    if value == "require":
-        return "require"
-    raise ValueError(
-        f"ARDROP_NATIVE={raw!r} is not understood: use 0 (torch path), 1 or auto (build the "
-        "fused CPU kernels on first use, the default) or require (fail loudly if they cannot be built)"
-    )
+    return switch_mode("ARDROP_NATIVE", "torch path", "build the fused CPU kernels on first use")
 
 
 def compiler() -> str | None:
