@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ardrop import native
 from ardrop.functional._common import (
     check_backend,
     check_linear_args,
@@ -25,7 +26,6 @@ from ardrop.functional._common import (
     cuda_op,
 )
 from ardrop.functional._grad_buffers import gradient_buffer, seal
-from ardrop import native
 from ardrop.optim.lazy_sgd import LINE_FLOATS, before_read, rows_region
 
 
