@@ -142,6 +142,14 @@ def test_a_failed_build_falls_back_with_one_warning_or_raises_when_required(monk
     assert native.available()  # the real compiler builds again afterwards
 
 
+def test_a_second_openmp_runtime_is_refused(monkeypatch):
+    """If the library resolved to an OpenMP runtime torch does not use, its pool would fight torch's."""
+    seen = iter([{"/torch/lib/libgomp.so.1"}, {"/torch/lib/libgomp.so.1", "/usr/lib/libomp.so"}])
+    monkeypatch.setattr(native, "_openmp_runtimes", lambda: next(seen))
+    with pytest.raises(native.NativeUnavailable, match="own OpenMP runtime.*libomp"):
+        native._load_library(native._build())
+
+
 def test_cache_is_keyed_by_source_and_compiler(monkeypatch, tmp_path):
     monkeypatch.setenv("ARDROP_NATIVE_CACHE", str(tmp_path))
     first = native.build_directory()

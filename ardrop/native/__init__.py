@@ -107,11 +107,11 @@ def _load_library(path: Path) -> ctypes.CDLL:
     before = _openmp_runtimes()
     lib = ctypes.CDLL(str(path))
     after = _openmp_runtimes()
-    if before and len(after) > len(before):
+    if after - before:  # ours resolved to a runtime torch does not use (or torch uses none)
         raise NativeUnavailable(
-            f"the built library brought a second OpenMP runtime ({sorted(after - before)}) next to "
-            f"torch's ({sorted(before)}); two thread pools would compete for the cores. "
-            "Set ARDROP_NATIVE=0, or CC to the compiler torch was built with")
+            f"the built library loaded its own OpenMP runtime {sorted(after - before)} next to torch's "
+            f"({sorted(before) or 'none'}); two thread pools would compete for the cores. "
+            "Set ARDROP_NATIVE=0, or CC to a compiler whose OpenMP runtime matches torch's")
     c_i64, c_dbl, c_ptr = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
     for suffix in _DTYPES.values():
         fn = getattr(lib, f"ardrop_axpy2_{suffix}")
