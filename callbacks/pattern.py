@@ -25,12 +25,12 @@ from ardrop.search import DEFAULT_MAX_DP, METHODS, search
 from ardrop.sequence import PatternSequence, stable_seed
 
 
+def pattern_sites(module: torch.nn.Module) -> list[tuple[str, PatternSite]]:
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, PatternSite)]
+
+
 def structured_sites(module: torch.nn.Module) -> list[tuple[str, PatternSite]]:
-    return [(n, m) for n, m in module.named_modules() if isinstance(m, PatternSite) and m.structured]
-
-
-def bernoulli_sites(module: torch.nn.Module) -> list[tuple[str, PatternSite]]:
-    return [(n, m) for n, m in module.named_modules() if isinstance(m, PatternSite) and m.kind == "bernoulli"]
+    return [(n, m) for n, m in pattern_sites(module) if m.structured]
 
 
 class PatternCallback(pl.Callback):
@@ -115,9 +115,11 @@ class PatternCallback(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = trainer.global_step
-        for name, site in bernoulli_sites(pl_module):  # the baseline's masks resume exactly too
-            site.set_step_seed(stable_seed("ardrop-bernoulli", self.seed, name, step))
-        for name, site in structured_sites(pl_module):
+        for name, site in pattern_sites(pl_module):  # one walk of the modules per step
+            if site.kind == "bernoulli":  # the baseline's masks resume exactly too
+                site.set_step_seed(stable_seed("ardrop-bernoulli", self.seed, name, step))
+            if not site.structured:
+                continue
             pattern = self.sequences[name][step]
             site.set_pattern(pattern)
             self.sequences[name].position = step + 1
