@@ -3,8 +3,10 @@
 Why: once the GEMMs shrink with the pattern, what is left of a CPU training step is
 mostly memory traffic over weights, momentum buffers and gradients. Torch does one pass
 per elementwise op, so a LazySGD region step (``w += kw*g`` then ``buf += kb*g``) reads
-the gradient twice. One fused pass saves a quarter of that traffic: a whole step of
-the 784-4096-4096-10 MLP at rate 0.7 ran 6.7% faster, 2048 at rate 0.5 2.3%.
+the gradient twice. Fused passes cut that traffic: with them the 784-2048-2048-10 MLP at
+rate 0.5 went from x2.86/x2.83 to x2.94/x2.99 over Bernoulli dropout (`ardrop.bench`,
+alternating processes on one day), the 4096 MLP at rate 0.7 from x4.55 to x4.84 before
+`frame_step_` was added.
 
 The kernels are plain C (``kernels.c``) built with the system C compiler into a cache
 directory keyed by the source, the flags and the compiler, and loaded with ctypes:
@@ -202,16 +204,23 @@ def _written(*tensors: torch.Tensor) -> None:
     torch.autograd.graph.increment_version(tensors)
 
 
+def _kernel_suffix(*tensors: torch.Tensor) -> str | None:
+    """The kernels' dtype suffix when the tensors are non-empty CPU tensors of one float dtype, else None."""
+    suffix = _DTYPES.get(tensors[0].dtype)
+    if suffix is None or any(t.dtype != tensors[0].dtype or t.device.type != "cpu" or t.numel() == 0
+                             for t in tensors):
+        return None
+    return suffix
+
+
 def axpy2_(w: torch.Tensor, b: torch.Tensor, g: torch.Tensor, kw: float, kb: float) -> bool:
     """``w += kw * g; b += kb * g`` in one pass. False (nothing written): use the torch path.
 
     Takes CPU float32/float64 tensors of one shape whose rows are contiguous (whole
     tensors, row-strided views); anything else returns False.
     """
-    dtype = _DTYPES.get(g.dtype)
-    if (dtype is None or not (w.dtype == b.dtype == g.dtype) or not (w.shape == b.shape == g.shape)
-            or g.device.type != "cpu" or w.device.type != "cpu" or b.device.type != "cpu"
-            or g.numel() == 0):
+    dtype = _kernel_suffix(w, b, g)
+    if dtype is None or not (w.shape == b.shape == g.shape):
         return False
     layouts = [_rows_layout(t) for t in (w, b, g)]
     if None in layouts:
@@ -232,9 +241,8 @@ def frame_step_(w: torch.Tensor, b: torch.Tensor, g: torch.Tensor, frame, kick) 
     ``frame`` is ``(bb, bw, wb, ww)``, ``kick`` is ``(eb, ew)``. False (nothing written):
     use the torch path.
     """
-    dtype = _DTYPES.get(g.dtype)
-    if (dtype is None or not (w.dtype == b.dtype == g.dtype) or not (w.shape == b.shape == g.shape)
-            or g.device.type != "cpu" or w.device.type != "cpu" or b.device.type != "cpu" or g.numel() == 0
+    dtype = _kernel_suffix(w, b, g)
+    if (dtype is None or not (w.shape == b.shape == g.shape)
             or not (w.is_contiguous() and b.is_contiguous() and g.is_contiguous())):
         return False
     lib = _lib_or_none()
@@ -252,9 +260,8 @@ def scatter_cols_(dst: torch.Tensor, src: torch.Tensor, step: int, offset: int) 
     False (nothing written): use the torch path. Takes CPU float32/float64 2-D tensors
     whose rows are contiguous, ``src`` holding exactly the kept columns.
     """
-    dtype = _DTYPES.get(dst.dtype)
-    if (dtype is None or src.dtype != dst.dtype or dst.dim() != 2 or src.dim() != 2
-            or dst.device.type != "cpu" or src.device.type != "cpu" or dst.numel() == 0
+    dtype = _kernel_suffix(dst, src)
+    if (dtype is None or dst.dim() != 2 or src.dim() != 2
             or not (1 <= step and 0 <= offset < step)
             or tuple(src.shape) != (dst.shape[0], len(range(offset, dst.shape[1], step)))):
         return False
