@@ -5,8 +5,9 @@
  * libgomp torch already loaded and share torch's thread pool and thread count.
  *
  * Each kernel walks `rows` rows of `cols` contiguous elements; row r of a tensor starts
- * at base + r * row_stride. That covers every view a LazySGD region writes (whole
- * tensors, rows offset::dp, a bias vector as one row).
+ * at base + r * row_stride. That covers the views of whole tensors, rows offset::dp and
+ * a bias vector as one row; tile blocks (runs of one tile width) stay on torch's ops,
+ * which were faster there.
  */
 #include <stdint.h>
 
