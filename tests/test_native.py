@@ -75,6 +75,51 @@ def test_frame_step_applies_the_2x2_map_and_the_kick(dtype, n):
     assert not native.frame_step_(w[::2], b[::2], grad[::2], frame, kick)  # whole contiguous tensors only
 
 
+def _tile_mask(shape, tile, dp, offset):
+    """The SPEC's tile mask, from the pattern's own definition (independent of the kernels)."""
+    from ardrop.patterns import Pattern
+
+    return Pattern("tile", dp, offset, tile).tile_mask(*shape).bool()
+
+
+TILE_CASES = [((9, 13), 4, 3, 2), ((70, 45), 8, 1, 0), ((70, 45), 8, 5, 4), ((517, 300), 32, 2, 1),
+              ((517, 300), 32, 7, 3), ((600, 600), 32, 3, 0)]  # ragged edges; one thread and parallel
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,tile,dp,offset", TILE_CASES)
+def test_tile_axpy2_updates_exactly_the_kept_tiles(dtype, shape, tile, dp, offset):
+    g = _gen(5)
+    w, b, grad = (torch.randn(shape, generator=g, dtype=dtype) for _ in range(3))
+    keep = _tile_mask(shape, tile, dp, offset)
+    w_ref = torch.where(keep, w + 0.3 * grad, w)
+    b_ref = torch.where(keep, b - 2.5 * grad, b)
+    assert native.tile_axpy2_(w, b, grad, 0.3, -2.5, tile, dp, offset)
+    assert torch.allclose(w, w_ref, rtol=TOL[dtype], atol=TOL[dtype])
+    assert torch.allclose(b, b_ref, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,tile,dp,offset", TILE_CASES)
+def test_tile_zero_zeroes_exactly_the_kept_tiles(dtype, shape, tile, dp, offset):
+    d = torch.randn(shape, generator=_gen(6), dtype=dtype) + 10.0  # no zeros to start with
+    ref = torch.where(_tile_mask(shape, tile, dp, offset), torch.zeros((), dtype=dtype), d)
+    assert native.tile_zero_(d, tile, dp, offset)
+    assert torch.equal(d, ref)
+
+
+def test_tile_kernels_refuse_what_they_cannot_walk():
+    w, b, grad = torch.randn(8, 8), torch.randn(8, 8), torch.randn(8, 8)
+    before = w.clone(), b.clone()
+    assert not native.tile_axpy2_(w.t(), b.t(), grad.t(), 1.0, 1.0, 4, 2, 0)  # column-major
+    assert not native.tile_axpy2_(w, b, torch.randn(16, 16)[:8, :8], 1.0, 1.0, 4, 2, 0)  # other strides
+    assert not native.tile_axpy2_(w, b, grad, 1.0, 1.0, 4, 2, 2)  # offset outside 0..dp-1
+    assert not native.tile_axpy2_(w, b, grad, 1.0, 1.0, 0, 2, 0)  # tile size 0
+    assert not native.tile_zero_(w[0], 4, 2, 0)  # not 2-D
+    assert not native.tile_zero_(w.half(), 4, 2, 0)  # no half kernel
+    assert torch.equal(w, before[0]) and torch.equal(b, before[1])
+
+
 def test_writes_bump_version_counters_like_torch_in_place_ops():
     w, b, grad = torch.zeros(4, 6), torch.zeros(4, 6), torch.ones(4, 6)
     before = w._version, b._version

@@ -103,7 +103,7 @@ def test_a_parameter_without_grad_is_skipped_as_torch_does():
     _assert_same(*_run_pair(dict(lr=0.05, momentum=0.9), steps=30, skip_grad_at=(3, 4, 17)))
 
 
-def test_tile_layers_are_lazy_too():
+def test_tile_layers_are_lazy_too(native_mode):
     _assert_same(*_run_pair(dict(lr=0.05, momentum=0.9), steps=20, kind="tile"))
     _assert_same(*_run_pair(dict(lr=0.05, momentum=0.9, weight_decay=1e-2, nesterov=True), steps=20, kind="tile"))
 

@@ -20,6 +20,7 @@ from functools import lru_cache
 
 import torch
 
+from ardrop import native
 from ardrop.functional._common import (
     check_backend,
     check_int,
@@ -150,6 +151,8 @@ def _mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
 def _zero_tiles(buf: torch.Tensor, region) -> None:
     """Zero the kept tiles of an earlier step's pattern ``(dp, offset, tile)`` (1/dp of ``buf``)."""
     dp, offset, t = region
+    if native.tile_zero_(buf, t, dp, offset):
+        return
     for v in tile_region(buf.shape[0], buf.shape[1], t, dp, offset).views(buf):
         v.zero_()
 
@@ -162,7 +165,10 @@ def tile_region(out_features: int, in_features: int, t: int, dp: int, offset: in
     def views(m):
         return [v for k in classes for v in _block_views(m, t, k.a, k.c, dp, k.rseg, k.cseg) if v is not None]
 
-    return Region(("tile", dp, offset, t), views)
+    def fused_axpy2(w, b, g, kw, kb):
+        return native.tile_axpy2_(w, b, g, kw, kb, t, dp, offset)
+
+    return Region(("tile", dp, offset, t), views, fused_axpy2=fused_axpy2)
 
 
 class _TileLinear(torch.autograd.Function):

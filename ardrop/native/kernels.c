@@ -68,12 +68,60 @@
         }                                                                              \
     }
 
+
+/* The tile pattern's kept runs: row r lies in tile-row i = r / t, which keeps tile
+ * columns j = (offset - i) mod dp, + dp, ...; each is a run of t contiguous elements
+ * (fewer at a ragged right edge). One call covers the whole pattern, so a step costs one
+ * pass over the kept tiles instead of a torch op per tile class and edge piece. */
+#define TILE_RUNS_BEGIN                                                                \
+        _Pragma("omp parallel for schedule(static) num_threads(threads)                \
+                 if (rows * cols / dp >= PARALLEL_MIN)")                               \
+        for (int64_t r = 0; r < rows; r++) {                                           \
+            const int64_t i = r / t;                                                   \
+            for (int64_t c0 = ((offset - i) % dp + dp) % dp * t; c0 < cols;            \
+                 c0 += dp * t) {                                                       \
+                const int64_t len = cols - c0 < t ? cols - c0 : t;
+#define TILE_RUNS_END }}
+
+/* axpy2 over the kept tiles of whole row-major tensors (row stride rs, shared). */
+#define TILE_AXPY2(NAME, T)                                                            \
+    void NAME(T *w, T *b, const T *g, int64_t rows, int64_t cols, int64_t rs,          \
+              int64_t t, int64_t dp, int64_t offset, double kw_, double kb_,           \
+              int threads) {                                                           \
+        const T kw = (T)kw_, kb = (T)kb_;                                              \
+        TILE_RUNS_BEGIN                                                                \
+            T *wr = w + r * rs + c0, *br = b + r * rs + c0;                            \
+            const T *gr = g + r * rs + c0;                                             \
+            _Pragma("omp simd")                                                        \
+            for (int64_t c = 0; c < len; c++) {                                        \
+                const T x = gr[c];                                                     \
+                wr[c] += kw * x;                                                       \
+                br[c] += kb * x;                                                       \
+            }                                                                          \
+        TILE_RUNS_END                                                                  \
+    }
+
+/* Zero the kept tiles of a row-major tensor (a gradient buffer's previous block). */
+#define TILE_ZERO(NAME, T)                                                             \
+    void NAME(T *d, int64_t rows, int64_t cols, int64_t rs, int64_t t, int64_t dp,     \
+              int64_t offset, int threads) {                                           \
+        TILE_RUNS_BEGIN                                                                \
+            T *dr = d + r * rs + c0;                                                   \
+            _Pragma("omp simd")                                                        \
+            for (int64_t c = 0; c < len; c++) dr[c] = (T)0;                            \
+        TILE_RUNS_END                                                                  \
+    }
+
 AXPY2(ardrop_axpy2_f32, float)
 AXPY2(ardrop_axpy2_f64, double)
 FRAME_STEP(ardrop_frame_step_f32, float)
 FRAME_STEP(ardrop_frame_step_f64, double)
 SCATTER_COLS(ardrop_scatter_cols_f32, float)
 SCATTER_COLS(ardrop_scatter_cols_f64, double)
+TILE_AXPY2(ardrop_tile_axpy2_f32, float)
+TILE_AXPY2(ardrop_tile_axpy2_f64, double)
+TILE_ZERO(ardrop_tile_zero_f32, float)
+TILE_ZERO(ardrop_tile_zero_f64, double)
 
 /* The OpenMP runtime's thread count as this library sees it (tests compare it with torch's). */
 #include <omp.h>

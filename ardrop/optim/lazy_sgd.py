@@ -62,11 +62,13 @@ class Region:
     the gradient is zero, when that is cheaper (see `rows_region`).
     """
 
-    __slots__ = ("key", "views", "write_views")
+    __slots__ = ("key", "views", "write_views", "fused_axpy2")
 
-    def __init__(self, key: tuple, views: Callable[[torch.Tensor], list], write_views=None) -> None:
+    def __init__(self, key: tuple, views: Callable[[torch.Tensor], list], write_views=None,
+                 fused_axpy2=None) -> None:
         self.key, self.views = key, views
         self.write_views = write_views or views
+        self.fused_axpy2 = fused_axpy2  # (w, b, g, kw, kb) -> bool: the update in one kernel call, if it can
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Region) and self.key == other.key
@@ -343,8 +345,8 @@ class LazySGD(torch.optim.Optimizer):
         wb = awb * frame.bb + aww * frame.wb
         ww = awb * frame.bw + aww * frame.ww
         buf = self._buffer(p) if hyper["momentum"] != 0 else None
-        w_views = region.write_views(p)
-        if (buf is not None and len(w_views) == 1 and _whole(w_views[0], p)
+        w_views = region.write_views(p) if region.fused_axpy2 is None else None
+        if (buf is not None and w_views is not None and len(w_views) == 1 and _whole(w_views[0], p)
                 and native.frame_step_(p.detach(), buf, p.grad, (bb, bw, wb, ww), (eb, ew))):
             # The step writes every element anyway (a dense read, or whole rows of every
             # row): one fused pass writes true values, and the identity frame spares the
@@ -356,17 +358,25 @@ class LazySGD(torch.optim.Optimizer):
         else:  # the gradient enters the stored values through the inverse frame
             det = bb * ww - bw * wb
             kb, kw = (ww * eb - bw * ew) / det, (bb * ew - wb * eb) / det
+        fused = buf is not None and kw != 0.0 and kb != 0.0
+        if not (fused and region.fused_axpy2 is not None and region.fused_axpy2(p.detach(), buf, p.grad, kw, kb)):
+            # (a fused region, tile blocks, updates in one call instead of two torch ops per view)
+            self._views_step(p, buf, region, w_views, kw, kb, fused)
+        frame.bb, frame.bw, frame.wb, frame.ww = bb, bw, wb, ww
+        frame.steps += 1
+
+    @staticmethod
+    def _views_step(p, buf, region: Region, w_views, kw: float, kb: float, fused: bool) -> None:
+        w_views = w_views if w_views is not None else region.write_views(p)
         g_views = region.write_views(p.grad)
         b_views = region.write_views(buf) if buf is not None else [None] * len(g_views)
         for g, w, b in zip(g_views, w_views, b_views):
-            if b is not None and kw != 0.0 and kb != 0.0 and native.axpy2_(w, b, g, kw, kb):
+            if fused and native.axpy2_(w, b, g, kw, kb):
                 continue  # one fused pass: the gradient is read once
             if kw != 0.0:  # 0 in the step after a flush without weight decay: the frame carries it
                 w.add_(g, alpha=kw)
             if b is not None and kb != 0.0:
                 b.add_(g, alpha=kb)
-        frame.bb, frame.bw, frame.wb, frame.ww = bb, bw, wb, ww
-        frame.steps += 1
 
     @staticmethod
     def _check_zero_outside(p: torch.Tensor, region: Region) -> None:
