@@ -201,3 +201,30 @@ def test_cache_is_keyed_by_source_and_compiler(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "clang-that-differs")
     assert native.build_directory() != first
     assert first.parent == tmp_path
+
+
+def test_cache_is_keyed_by_the_cpu(monkeypatch, tmp_path):
+    """The library is built for this CPU (-march=native), so another CPU must not share it."""
+    monkeypatch.setenv("ARDROP_NATIVE_CACHE", str(tmp_path))
+    first = native.build_directory()
+    monkeypatch.setattr(native, "_cpu_identity", lambda: "model name : another CPU")
+    assert native.build_directory() != first
+
+
+def test_a_compiler_without_the_arch_flags_still_builds(monkeypatch, tmp_path):
+    real = native.compiler()
+    fussy = tmp_path / "fussy-cc"
+    fussy.write_text('#!/bin/sh\nfor a in "$@"; do case "$a" in -march=*) echo "unknown $a" >&2; exit 1;; esac; done\n'
+                     f'exec {real} "$@"\n')
+    fussy.chmod(0o755)
+    monkeypatch.setenv("ARDROP_NATIVE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(fussy))
+    monkeypatch.setenv("ARDROP_NATIVE", "require")
+    native._reset_for_tests()
+    try:
+        w = torch.zeros(3, 3)
+        assert native.axpy2_(w, w.clone(), torch.ones(3, 3), 2.0, 1.0) and torch.equal(w, torch.full((3, 3), 2.0))
+        assert (native.build_directory() / native.LIB_NAME).exists()
+    finally:
+        monkeypatch.undo()
+        native._reset_for_tests()
