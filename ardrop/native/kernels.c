@@ -6,8 +6,9 @@
  *
  * Each kernel walks `rows` rows of `cols` contiguous elements; row r of a tensor starts
  * at base + r * row_stride. That covers the views of whole tensors, rows offset::dp and
- * a bias vector as one row; tile blocks (runs of one tile width) stay on torch's ops,
- * which were faster there.
+ * a bias vector as one row. The tile kernels walk a tile pattern's kept runs of a whole
+ * tensor. Copies of tile blocks (the packed gathers and scatters) stay on torch's ops:
+ * kernels for them were measured no faster, as there is nothing to fuse in a copy.
  */
 #include <stdint.h>
 
