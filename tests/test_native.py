@@ -115,6 +115,7 @@ def test_tile_kernels_refuse_what_they_cannot_walk():
     assert not native.tile_axpy2_(w, b, torch.randn(16, 16)[:8, :8], 1.0, 1.0, 4, 2, 0)  # other strides
     assert not native.tile_axpy2_(w, b, grad, 1.0, 1.0, 4, 2, 2)  # offset outside 0..dp-1
     assert not native.tile_axpy2_(w, b, grad, 1.0, 1.0, 0, 2, 0)  # tile size 0
+    assert not native.tile_zero_(torch.zeros(8).expand(8, 8), 4, 2, 0)  # overlapping rows
     assert not native.tile_zero_(w[0], 4, 2, 0)  # not 2-D
     assert not native.tile_zero_(w.half(), 4, 2, 0)  # no half kernel
     assert torch.equal(w, before[0]) and torch.equal(b, before[1])

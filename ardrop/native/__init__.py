@@ -12,7 +12,8 @@ kept tile in one call (the torch path runs two ops per tile class and edge piece
 the wider vectors of ``-march=native`` included.
 
 The kernels are plain C (``kernels.c``) built with the system C compiler into a cache
-directory keyed by the source, the flags and the compiler, and loaded with ctypes:
+directory keyed by the source, the flags, the compiler and the CPU (they are built with
+``-march=native``), and loaded with ctypes:
 no torch headers, so the build takes about a second. They use OpenMP and are loaded
 after torch, so they share torch's OpenMP runtime and its thread pool. A build
 that ends up with a second OpenMP runtime in the process (the two pools would fight
@@ -310,7 +311,8 @@ def _tile_args(tensors, tile: int, dp: int, offset: int):
     first = tensors[0]
     if (first.dim() != 2 or not (1 <= tile and 1 <= dp and 0 <= offset < dp)
             or any(t.shape != first.shape or t.stride() != first.stride() for t in tensors)
-            or (first.stride(1) != 1 and first.shape[1] > 1)):
+            or (first.stride(1) != 1 and first.shape[1] > 1)
+            or (first.stride(0) < first.shape[1] and first.shape[0] > 1)):  # overlapping rows (expanded)
         return None
     return first.shape[0], first.shape[1], first.stride(0)
 
