@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from ardrop.build_switch import switch_mode
+from ardrop.patterns import Pattern
 
 SOURCE = Path(__file__).resolve().parent / "kernels.c"
 # -fno-tree-loop-distribute-patterns: GCC would turn a 32-float zeroing run into a memset call.
@@ -372,10 +373,7 @@ def _self_check() -> None:
             if not scatter_cols_(dst[:, :cols], src, 3, 2) or not torch.equal(dst[:, :cols], ref):
                 raise NativeUnavailable(f"self-check: scatter_cols on {dtype} disagrees with torch")
             w, b, g = (torch.randn(rows, cols, generator=gen, dtype=dtype) for _ in range(3))
-            keep = torch.zeros(rows, cols, dtype=torch.bool)
-            for i in range(0, rows, 4):  # 4x4 tiles, dp 3, offset 1: tile (i, j) kept iff (i + j) % 3 == 1
-                for j in range(0, cols, 4):
-                    keep[i:i + 4, j:j + 4] = (i // 4 + j // 4) % 3 == 1
+            keep = Pattern("tile", 3, 1, 4).tile_mask(rows, cols).bool()  # the reference semantics
             w_ref, b_ref = torch.where(keep, w + 0.5 * g, w), torch.where(keep, b - 2.0 * g, b)
             if not tile_axpy2_(w, b, g, 0.5, -2.0, 4, 3, 1) or not (
                     torch.allclose(w, w_ref, rtol=tol, atol=tol) and torch.allclose(b, b_ref, rtol=tol, atol=tol)):
