@@ -14,6 +14,20 @@
 
 #define PARALLEL_MIN 32768 /* elements below which one thread is faster than waking two */
 
+/* w[c] += kw * g[c] and b[c] += kb * g[c] over one contiguous run of n: g is read once.
+ * (kw and kb are the enclosing kernel's.) */
+#define AXPY2_RUN(T, w_, b_, g_, n)                                                    \
+    {                                                                                  \
+        T *wr = (w_), *br = (b_);                                                      \
+        const T *gr = (g_);                                                            \
+        _Pragma("omp simd")                                                            \
+        for (int64_t c = 0; c < (n); c++) {                                            \
+            const T x = gr[c];                                                         \
+            wr[c] += kw * x;                                                           \
+            br[c] += kb * x;                                                           \
+        }                                                                              \
+    }
+
 /* w += kw * g and b += kb * g in one pass: g is read once instead of twice.
  * `threads` is torch.get_num_threads(), passed because OpenMP's count is per thread. */
 #define AXPY2(NAME, T)                                                                 \
@@ -22,16 +36,8 @@
         const T kw = (T)kw_, kb = (T)kb_;                                              \
         _Pragma("omp parallel for schedule(static) num_threads(threads)                \
                  if (rows * cols >= PARALLEL_MIN)")                                    \
-        for (int64_t r = 0; r < rows; r++) {                                           \
-            T *wr = w + r * rs_w, *br = b + r * rs_b;                                  \
-            const T *gr = g + r * rs_g;                                                \
-            _Pragma("omp simd")                                                        \
-            for (int64_t c = 0; c < cols; c++) {                                       \
-                const T x = gr[c];                                                     \
-                wr[c] += kw * x;                                                       \
-                br[c] += kb * x;                                                       \
-            }                                                                          \
-        }                                                                              \
+        for (int64_t r = 0; r < rows; r++)                                             \
+            AXPY2_RUN(T, w + r * rs_w, b + r * rs_b, g + r * rs_g, cols)               \
     }
 
 /* One momentum-SGD step over a whole tensor held in a moving frame, written back as true
@@ -91,14 +97,7 @@
               int threads) {                                                           \
         const T kw = (T)kw_, kb = (T)kb_;                                              \
         TILE_RUNS_BEGIN                                                                \
-            T *wr = w + r * rs + c0, *br = b + r * rs + c0;                            \
-            const T *gr = g + r * rs + c0;                                             \
-            _Pragma("omp simd")                                                        \
-            for (int64_t c = 0; c < len; c++) {                                        \
-                const T x = gr[c];                                                     \
-                wr[c] += kw * x;                                                       \
-                br[c] += kb * x;                                                       \
-            }                                                                          \
+            AXPY2_RUN(T, w + r * rs + c0, b + r * rs + c0, g + r * rs + c0, len)       \
         TILE_RUNS_END                                                                  \
     }
 
