@@ -46,13 +46,15 @@ class LSTMLanguageModel(pl.LightningModule):
         schedule: str = "step",
         decay: float = 1 / 1.2,
         decay_start: int = 6,
+        groups: int | str = "dp",
     ):
         super().__init__()
         check_optimizer(optimizer)
         rates = check_rates(rates, num_layers + 1)
         self.save_hyperparameters({**locals_hparams(locals()), "rates": rates})
         self.net = ApproxLSTMLM(vocab_size, hidden_size=hidden_size, num_layers=num_layers, kind=kind,
-                                rates=rates, tile=tile, tie_weights=tie_weights, backend=backend)
+                                rates=rates, tile=tile, tie_weights=tie_weights, backend=backend,
+                                groups=groups)
         self.val_ppl, self.test_ppl = Perplexity(), Perplexity()
         acc = dict(num_classes=vocab_size, average="micro")
         self.val_acc, self.test_acc = MulticlassAccuracy(**acc), MulticlassAccuracy(**acc)

@@ -103,10 +103,15 @@ def lstm_from_gates(gx, h0, c0, w_hh, b_hh):
 
 def lstm_layer_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """Plain per-step LSTM under autograd; slow, obviously correct, the oracle."""
+    return lstm_gates_reference(x @ w_ih.t() + b_ih, h0, c0, w_hh, b_hh)
+
+
+def lstm_gates_reference(gx, h0, c0, w_hh, b_hh):
+    """The oracle's recurrence over given input projections ``gx [T, B, 4H]``."""
     h, c = h0, c0
     outs = []
-    for t in range(x.shape[0]):
-        z = x[t] @ w_ih.t() + b_ih + h @ w_hh.t() + b_hh
+    for t in range(gx.shape[0]):
+        z = gx[t] + h @ w_hh.t() + b_hh
         i, f, g, o = z.chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)

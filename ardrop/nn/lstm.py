@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ardrop.functional import compact_linear, tile_linear
-from ardrop.nn._lstm_recurrence import lstm_from_gates, lstm_layer_fused, lstm_layer_reference
+from ardrop.functional.grouped import Group, grouped_linear, grouped_tile_linear
+from ardrop.nn._lstm_recurrence import lstm_from_gates, lstm_gates_reference, lstm_layer_fused, lstm_layer_reference
 from ardrop.nn.site import SITE_KINDS, PatternSite
 from ardrop.optim.lazy_sgd import flush_params, mark_dense
 from ardrop.patterns import DEFAULT_TILE, Pattern
@@ -89,6 +90,7 @@ class ApproxLSTMLM(nn.Module):
         tie_weights: bool = False,
         backend: str = "fast",
         init_range: float = 0.1,
+        groups: int | str = "dp",
     ) -> None:
         super().__init__()
         _check_int("vocab_size", vocab_size)
@@ -110,7 +112,7 @@ class ApproxLSTMLM(nn.Module):
         self.decoder = nn.Linear(hidden_size, vocab_size)
         site_rates = _site_rates(rates, num_layers + 1)
         self.sites = nn.ModuleList(
-            PatternSite(kind, r, self._site_max_dp(k), tile) for k, r in enumerate(site_rates)
+            PatternSite(kind, r, self._site_max_dp(k), tile, groups) for k, r in enumerate(site_rates)
         )
         # Zaremba et al.: every parameter uniform in [-init_range, init_range].
         for p in self.parameters():
@@ -181,8 +183,50 @@ class ApproxLSTMLM(nn.Module):
         logits = self._decode(self.sites[self.num_layers], x)
         return logits, (torch.stack(hs), torch.stack(cs))
 
+    def _time_groups(self, site: PatternSite, x, consumer: torch.Tensor) -> list[Group] | None:
+        """One pattern per time step class (``t mod G``), or None for one pattern per step.
+
+        Time steps, not batch columns: a Bernoulli mask shared by the batch but redrawn
+        every time step trains like ordinary dropout (docs/learning.md), and time-major
+        inputs make each group a strided slice with no transposes.
+        """
+        found = site.group_patterns(x.shape[0])
+        if found is None:
+            return None
+        out = []
+        for start, stride, p in found:
+            if p.kind == "row":
+                out.append(Group(start, stride, in_dp=p.dp, in_offset=p.offset,
+                                 in_scale=p.row_scale(self.hidden_size)))
+            else:
+                out.append(Group(start, stride, p.dp, p.offset, out_scale=p.tile_scale(*consumer.shape)))
+        return out
+
+    def _grouped_projection(self, groups: list[Group], x, w, b):
+        """``x @ W.T + b`` with each time-step group's pattern: the fast op, or the masked dense oracle."""
+        if self.backend != "reference":
+            if self.kind == "row":
+                return grouped_linear(x, w, b, groups)
+            return grouped_tile_linear(x, w, b, groups, self.tile)
+        flush_params(w, b)
+        out = x.new_empty(*x.shape[:-1], w.shape[0])
+        for g in groups:
+            if self.kind == "row":
+                mask = Pattern("row", g.in_dp, g.in_offset).row_mask(w.shape[1]).to(x) * g.in_scale
+                out[g.start::g.stride] = F.linear(x[g.start::g.stride] * mask, w, b)
+            else:
+                masked = w * (Pattern("tile", g.out_dp, g.out_offset, self.tile).tile_mask(*w.shape).to(w) * g.out_scale)
+                out[g.start::g.stride] = F.linear(x[g.start::g.stride], masked, b)
+        return out
+
     def _layer(self, site: PatternSite, layer: _LSTMLayer, x, h0, c0):
         w_ih, w_hh, b_ih, b_hh = layer.weights()
+        groups = self._time_groups(site, x, w_ih)
+        if groups is not None:
+            gx = self._grouped_projection(groups, x, w_ih, b_ih)
+            if self.backend == "reference":
+                return lstm_gates_reference(gx, h0, c0, w_hh, b_hh)
+            return lstm_from_gates(gx, h0, c0, w_hh, b_hh)
         pattern = site.active_pattern()
         reference = self.backend == "reference"
         if pattern is None or reference:
@@ -213,6 +257,9 @@ class ApproxLSTMLM(nn.Module):
 
     def _decode(self, site: PatternSite, x):
         w, b = self.decoder.weight, self.decoder.bias
+        groups = self._time_groups(site, x, w)
+        if groups is not None:
+            return self._grouped_projection(groups, x, w, b)
         pattern = site.active_pattern()
         if pattern is None or self.backend == "reference":
             flush_params(w, b)  # dense reads of the stored tensors
@@ -235,5 +282,6 @@ class ApproxLSTMLM(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"vocab_size={self.vocab_size}, hidden_size={self.hidden_size}, num_layers={self.num_layers}, "
-            f"kind={self.kind}, tile={self.tile}, tie_weights={self.tie_weights}, backend={self.backend}"
+            f"kind={self.kind}, tile={self.tile}, tie_weights={self.tie_weights}, backend={self.backend}, "
+            f"groups={self.sites[0].groups}"
         )

@@ -17,10 +17,19 @@ from ardrop.patterns import DEFAULT_TILE, Pattern, check_rate
 SITE_KINDS = ("row", "tile", "bernoulli", "none")
 
 
+def check_groups(groups) -> int | str:
+    """``"dp"`` (one group per offset) or an integer >= 1 (1: the paper's one pattern per step)."""
+    if groups == "dp":
+        return groups
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be 'dp' or an integer >= 1 (1 = one pattern per step), got {groups!r}")
+    return groups
+
+
 class PatternSite(nn.Module):
     """Dropout state of one site: kind, requested rate, shape limit and current pattern."""
 
-    def __init__(self, kind: str, rate: float, max_dp: int, tile: int = DEFAULT_TILE) -> None:
+    def __init__(self, kind: str, rate: float, max_dp: int, tile: int = DEFAULT_TILE, groups: int | str = 1) -> None:
         super().__init__()
         if kind not in SITE_KINDS:
             raise ValueError(f"dropout kind must be one of {SITE_KINDS}, got {kind!r}")
@@ -32,6 +41,7 @@ class PatternSite(nn.Module):
         self.rate = check_rate(rate, "dropout rate") if kind != "none" else 0.0
         self.max_dp = max_dp
         self.tile = tile
+        self.groups = check_groups(groups)
         self.pattern: Pattern | None = None
         self.step_seed: int | None = None  # Bernoulli masks' seed for this step (set from outside)
         self._generators: dict[torch.device, torch.Generator] = {}
@@ -95,5 +105,21 @@ class PatternSite(nn.Module):
             )
         return None if self.pattern.dp == 1 else self.pattern
 
+    def group_patterns(self, n: int) -> list[tuple[int, int, Pattern]] | None:
+        """``(start, stride, pattern)`` of each group along an axis of ``n`` elements, or None.
+
+        None: one pattern for all (evaluation, dp 1, ``groups=1``). Otherwise element ``u``
+        uses offset ``(offset + u mod G) mod dp`` with ``G = min(groups, dp, n)``: with
+        ``groups="dp"`` every unit is kept by exactly one group (see `ardrop.functional.grouped`).
+        """
+        p = self.active_pattern()
+        if p is None:
+            return None
+        count = min(p.dp if self.groups == "dp" else self.groups, p.dp, n)
+        if count <= 1:
+            return None
+        return [(g, count, Pattern(p.kind, p.dp, (p.offset + g) % p.dp, p.tile)) for g in range(count)]
+
     def extra_repr(self) -> str:
-        return f"kind={self.kind}, rate={self.rate}, max_dp={self.max_dp}, tile={self.tile}, pattern={self.pattern}"
+        return (f"kind={self.kind}, rate={self.rate}, max_dp={self.max_dp}, tile={self.tile}, "
+                f"groups={self.groups}, pattern={self.pattern}")

@@ -1,0 +1,235 @@
+"""Several patterns in one step: each group of samples (or time steps) has its own offset.
+
+Why (docs/learning.md): with one pattern for the whole batch, every sample drops the same
+units, so a kept weight's gradient is ``dp`` times the dense one and a dropped weight's is
+zero; the update is as coherent as a single sample's and training with the usual learning
+rates diverges (the LSTM LM at lr 1). Bernoulli dropout draws a mask per element, and a
+Bernoulli mask shared by the whole batch and all time steps diverges the same way, while
+one that changes every time step trains like ordinary dropout. So a step here uses ``dp``
+offsets of the same ``dp``: along a *group axis* (dim 0: time steps of the LSTM, samples
+of the MLP) element ``u`` belongs to group ``g = u mod G`` and uses offset ``(offset + g) mod dp``.
+With ``G = dp`` every unit is kept by exactly one group, every weight gets a gradient of
+the dense gradient's size, and each group's GEMMs still skip ``(dp-1)/dp`` of the work.
+
+A group is a strided slice ``x[start::stride]`` of the group axis. Its kept block of the
+weight is gathered once per step (the gathers of all groups together read the weight
+about once), and the weight gradient is one full-size tensor that every group's block
+is written into: blocks of distinct groups are disjoint, so nothing is zero-filled and
+then added, as separate calls per group would.
+
+Semantics per element are those of the single-pattern ops (masked references in
+`ardrop.functional.reference`: ``grouped_linear_reference``, ``grouped_tile_linear_reference``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ardrop.functional._common import check_linear_args, check_pattern, check_scale
+from ardrop.functional.tile import _block_views, _classes, _copy_blocks, _gather, _mm, _scatter
+from ardrop.optim.lazy_sgd import flush_params
+
+
+@dataclass(frozen=True)
+class Group:
+    """Elements ``start::stride`` of the group axis, and the pattern they use.
+
+    Row ops: output rows ``out_offset::out_dp`` (scaled by ``out_scale``) from input
+    columns ``in_offset::in_dp`` (scaled by ``in_scale``). Tile ops use ``out_dp`` and
+    ``out_offset`` as the tile pattern's dp and offset and ``out_scale`` as its scale.
+    """
+
+    start: int
+    stride: int
+    out_dp: int = 1
+    out_offset: int = 0
+    in_dp: int = 1
+    in_offset: int = 0
+    in_scale: float = 1.0
+    out_scale: float = 1.0
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        return t[self.start::self.stride]
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+def _check_groups(x: torch.Tensor, groups) -> None:
+    if not groups:
+        raise ValueError("grouped ops need at least one group")
+    seen = set()
+    for g in groups:
+        if not isinstance(g, Group):
+            raise ValueError(f"groups must be ardrop.functional.Group objects, got {type(g).__name__}")
+        if g.stride < 1 or not 0 <= g.start < max(g.stride, 1):
+            raise ValueError(f"group start {g.start} must be in 0..stride-1 with stride >= 1, got stride {g.stride}")
+        if g.stride != groups[0].stride:
+            raise ValueError("all groups of one call must share the same stride")
+        if g.start in seen:
+            raise ValueError(f"two groups select the same elements (start {g.start}); merge them")
+        seen.add(g.start)
+    if x.dim() < 2:
+        raise ValueError(f"grouped ops need a group axis (dim 0) and features (last dim), got shape {tuple(x.shape)}")
+
+
+class _GroupedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, relu):
+        out_features = weight.shape[0]
+        y = x.new_zeros(*x.shape[:-1], out_features)
+        saved, blocks = [], {}
+        for g in groups:
+            key = (g.out_dp, g.out_offset, g.in_dp, g.in_offset)
+            wk = blocks.get(key)
+            if wk is None:  # groups that share a block share its gather
+                wk = blocks[key] = weight[g.out_offset::g.out_dp, g.in_offset::g.in_dp].contiguous()
+            xg = _flat(g.rows(x)[..., g.in_offset::g.in_dp])
+            alpha = g.in_scale * g.out_scale
+            if bias is not None:
+                z = torch.addmm(bias[g.out_offset::g.out_dp], xg, wk.t(), beta=g.out_scale, alpha=alpha)
+            else:
+                z = torch.mm(xg, wk.t()).mul_(alpha)
+            if relu:
+                z.relu_()
+            g.rows(y)[..., g.out_offset::g.out_dp] = z.view(*g.rows(y).shape[:-1], -1)
+            saved += [xg, wk, z]
+        ctx.save_for_backward(*saved)
+        ctx.cfg = (groups, relu, bias is not None, tuple(x.shape), tuple(weight.shape))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        groups, relu, has_bias, x_shape, w_shape = ctx.cfg
+        saved = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx = grad_y.new_zeros(x_shape) if need_x else None
+        gw = grad_y.new_zeros(w_shape) if need_w else None
+        gb = grad_y.new_zeros(w_shape[0]) if has_bias and need_b else None
+        for n, g in enumerate(groups):
+            xg, wk, z = saved[3 * n: 3 * n + 3]
+            gz = _flat(g.rows(grad_y)[..., g.out_offset::g.out_dp])
+            if relu:
+                gz = torch.ops.aten.threshold_backward(gz, z, 0)
+            alpha = g.in_scale * g.out_scale
+            if need_x:
+                gxg = g.rows(gx)[..., g.in_offset::g.in_dp]
+                gxg.copy_((gz @ wk).mul_(alpha).view(gxg.shape))
+            if need_w:  # blocks of distinct groups are disjoint; shared blocks accumulate
+                gw[g.out_offset::g.out_dp, g.in_offset::g.in_dp].add_(gz.t() @ xg, alpha=alpha)
+            if gb is not None:
+                gb[g.out_offset::g.out_dp].add_(gz.sum(0), alpha=g.out_scale)
+        return gx, gw, gb, None, None
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups, relu: bool = False):
+    """Row patterns, one per group: ``y[G] = act(in_scale * x[G][..., I] @ W[O][:, I].T + b[O]) * out_scale``.
+
+    ``x`` has full width (columns outside a group's ``I`` are never read) and ``y`` too,
+    exactly zero outside each group's ``O``. Gradients are full-size, zero outside the
+    groups' blocks. The weight is read densely over the step (every group reads its own
+    block), so a `LazySGD` gives it dense steps.
+    """
+    check_linear_args(x, weight, bias)
+    _check_groups(x, list(groups))
+    out_features, in_features = weight.shape
+    if x.shape[-1] != in_features:
+        raise ValueError(f"input has {x.shape[-1]} features but the layer expects in_features={in_features}")
+    for g in groups:
+        check_pattern("output (row)", g.out_dp, g.out_offset, out_features)
+        check_pattern("input (column)", g.in_dp, g.in_offset, in_features)
+        check_scale("in_scale", g.in_scale)
+        check_scale("out_scale", g.out_scale)
+    flush_params(weight, bias)  # reads stored values: they must be current
+    return _GroupedLinear.apply(x, weight, bias, tuple(groups), bool(relu))
+
+
+class _GroupedTileLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, t, relu):
+        out_features, in_features = weight.shape
+        y = x.new_zeros(*x.shape[:-1], out_features)
+        saved = []
+        for g in groups:
+            dp, offset, scale = g.out_dp, g.out_offset, g.out_scale
+            classes, _ = _classes(out_features, in_features, t, dp, offset)
+            xg = _flat(g.rows(x))
+            yg = xg.new_zeros(xg.shape[0], out_features)
+            for k in classes:
+                wk = weight.new_empty(k.rseg[2], k.cseg[2])
+                _copy_blocks(_block_views(wk, t, 0, 0, 1, k.rseg, k.cseg, True),
+                             _block_views(weight, t, k.a, k.c, dp, k.rseg, k.cseg))
+                xc = _gather(xg, t, k.c, dp, k.cseg)
+                _scatter(yg, _mm(xc, wk.t(), scale), t, k.a, dp, k.rseg)
+                saved += [wk, xc]
+            if bias is not None:
+                yg.add_(bias)
+            if relu:
+                yg.relu_()
+            g.rows(y).copy_(yg.view(g.rows(y).shape))
+            saved.append(yg)
+        ctx.save_for_backward(*saved)
+        ctx.cfg = (groups, t, relu, bias is not None, tuple(x.shape), tuple(weight.shape))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        groups, t, relu, has_bias, x_shape, w_shape = ctx.cfg
+        saved = list(ctx.saved_tensors)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx = grad_y.new_zeros(x_shape) if need_x else None
+        gw = grad_y.new_zeros(w_shape) if need_w else None
+        gb = grad_y.new_zeros(w_shape[0]) if has_bias and need_b else None
+        pos = 0
+        for g in groups:
+            dp, offset, scale = g.out_dp, g.out_offset, g.out_scale
+            classes, _ = _classes(w_shape[0], w_shape[1], t, dp, offset)
+            yg = saved[pos + 2 * len(classes)]
+            gz = _flat(g.rows(grad_y))
+            if relu:
+                gz = torch.ops.aten.threshold_backward(gz, yg, 0)
+            gxg = gz.new_zeros(gz.shape[0], x_shape[-1]) if need_x else None
+            for n, k in enumerate(classes):
+                wk, xc = saved[pos + 2 * n], saved[pos + 2 * n + 1]
+                gzk = _gather(gz, t, k.a, dp, k.rseg)
+                if need_x:
+                    _scatter(gxg, _mm(gzk, wk, scale), t, k.c, dp, k.cseg)
+                if need_w:  # tiles of distinct offsets are disjoint
+                    for d, s in zip(_block_views(gw, t, k.a, k.c, dp, k.rseg, k.cseg),
+                                    _block_views(_mm(gzk.t(), xc, scale), t, 0, 0, 1, k.rseg, k.cseg, True)):
+                        if d is not None:
+                            d.add_(s)
+            if need_x:
+                g.rows(gx).copy_(gxg.view(g.rows(gx).shape))
+            if gb is not None:
+                gb.add_(gz.sum(0))
+            pos += 2 * len(classes) + 1
+        return gx, gw, gb, None, None, None
+
+
+def grouped_tile_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups, tile: int = 32,
+                        relu: bool = False):
+    """Tile patterns, one per group: ``y[G] = act(x[G] @ (scale * W * M_G).T + b)``.
+
+    Each group's ``out_dp``/``out_offset`` is its tile pattern and ``out_scale`` its exact
+    inverted-dropout scale; only kept tiles are multiplied. Groups with distinct offsets
+    of one dp keep disjoint tiles, so the weight gradient is written once per tile.
+    """
+    from ardrop.patterns import Pattern
+
+    check_linear_args(x, weight, bias)
+    _check_groups(x, list(groups))
+    out_features, in_features = weight.shape
+    if x.shape[-1] != in_features:
+        raise ValueError(f"input has {x.shape[-1]} features but the layer expects in_features={in_features}")
+    for g in groups:
+        Pattern("tile", g.out_dp, g.out_offset, tile)
+        max_dp = Pattern.max_tile_dp(out_features, in_features, tile)
+        if g.out_dp > max_dp:
+            raise ValueError(f"tile pattern dp={g.out_dp} exceeds {max_dp}, the number of tile diagonals")
+        check_scale("scale", g.out_scale)
+    flush_params(weight, bias)
+    return _GroupedTileLinear.apply(x, weight, bias, tuple(groups), int(tile), bool(relu))
