@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info
 
 from ardrop.nn import PatternSite
 from ardrop.search import DEFAULT_MAX_DP, METHODS, search
@@ -90,6 +91,33 @@ class PatternCallback(pl.Callback):
                 )
                 self.realized[name] = [0.0, 0]
         self._log_distributions(trainer)
+        rank_zero_info(self.plan_summary(trainer, pl_module))
+
+    def plan_summary(self, trainer, pl_module) -> str:
+        """The short block printed at fit start: what this run trains, with which dropout plan."""
+        sites = pattern_sites(pl_module)
+        kinds = sorted({s.kind for _, s in sites}) or ["none"]
+        opts = [type(o).__name__ for o in trainer.optimizers] or ["(none)"]
+        lrs = [g["lr"] for o in trainer.optimizers for g in o.param_groups][:1]
+        lines = [
+            "ardrop plan",
+            f"  model      {type(pl_module).__name__} ({sum(p.numel() for p in pl_module.parameters()):,} parameters)",
+            f"  dropout    {', '.join(kinds)} at {len(sites)} site(s)"
+            + (f", groups={sites[0][1].groups}" if sites and sites[0][1].structured else ""),
+            f"  optimizer  {', '.join(opts)}" + (f" lr {lrs[0]:g}" if lrs else "")
+            + (f", clip {trainer.gradient_clip_val}" if trainer.gradient_clip_val else ""),
+            f"  steps      {trainer.estimated_stepping_batches}",
+        ]
+        for name, site in sites:
+            res = self.results.get(name)
+            if res is None:
+                lines.append(f"  {name:<10} {site.kind} rate {site.rate:g}")
+                continue
+            lines.append(
+                f"  {name:<10} {site.kind} rate {site.rate:g}: N={len(res['probs'])}, P(dp=1)={res['probs'][0]:.3f}, "
+                f"entropy {res['entropy']:.3f}, achieved rate {res['rate']:.4f} ({res['method']})"
+            )
+        return "\n".join(lines)
 
     def _restore(self, sites) -> None:
         state, self._restored = self._restored, None

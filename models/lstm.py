@@ -68,6 +68,11 @@ class LSTMLanguageModel(pl.LightningModule):
         """Throughput is counted in tokens."""
         return int(batch[0].numel())
 
+    @property
+    def chance_loss(self) -> float:
+        """Cross-entropy of a uniform guess over the vocabulary, ``ln(V)``."""
+        return math.log(self.hparams.vocab_size)
+
     def _run(self, batch, stage: str):
         x, y = batch
         logits, state = self(x, self._state.get(stage))

@@ -1,6 +1,8 @@
 """MNIST MLP classifier (paper Table 1): 784 -> h1 -> h2 -> 10, dropout on the hidden layers."""
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -48,6 +50,11 @@ class MLPClassifier(pl.LightningModule):
     @staticmethod
     def samples_in(batch) -> int:
         return int(batch[0].shape[0])
+
+    @property
+    def chance_loss(self) -> float:
+        """Cross-entropy of a uniform guess: a training loss above it means no learning."""
+        return math.log(self.hparams.num_classes)
 
     def _step(self, batch, metric, stage: str):
         x, y = batch

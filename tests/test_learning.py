@@ -1,0 +1,106 @@
+"""Training *learns* with approximate dropout, not just runs (issue 13).
+
+Short seeded runs on the real data (`data/`, fetched by `scripts/setup.sh`): a small LSTM
+LM on the start of Penn Treebank and an MLP on MNIST, through the real Lightning modules
+and `PatternCallback`, at the configs' learning rates and clipping. Approximate dropout's
+mean training loss over the last steps must be within a stated bound of Bernoulli
+dropout's at the same rate and step.
+
+The LSTM case is the one that failed: with one pattern for the whole batch
+(``groups=1``, the paper's scheme) it swings above the uniform-guess loss at lr 1;
+``test_single_pattern_lstm_lags`` keeps that failure on record, so the bound is known
+to separate the two.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from callbacks import PatternCallback
+from datamodules.paths import resolve_data_dir
+
+DATA = resolve_data_dir()
+needs_data = pytest.mark.skipif(
+    not (DATA / "ptb" / "ptb.train.txt").exists() or not (DATA / "mnist").exists(),
+    reason="real data missing: run `python -m datamodules.fetch all`",
+)
+
+LSTM_STEPS, MLP_STEPS, TAIL = 60, 150, 15
+# Mean loss of the last TAIL steps may exceed Bernoulli's by at most this (nats).
+LSTM_BOUND, MLP_BOUND = 0.35, 0.08
+
+
+class _Losses(pl.Callback):
+    def __init__(self):
+        self.values: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.values.append(float(outputs["loss"]))
+
+
+def _fit(model, datamodule, steps: int, clip: float) -> list[float]:
+    torch.manual_seed(0)
+    losses = _Losses()
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         num_sanity_val_steps=0, gradient_clip_val=clip,
+                         callbacks=[PatternCallback({"method": "sgd", "max_dp": 8}, seed=0), losses])
+    trainer.fit(model, datamodule=datamodule)
+    assert len(losses.values) == steps and all(math.isfinite(v) for v in losses.values)
+    return losses.values
+
+
+def _lstm_losses(kind: str, groups="dp") -> list[float]:
+    from datamodules import PTBDataModule
+    from models import LSTMLanguageModel
+
+    pl.seed_everything(0)
+    dm = PTBDataModule(str(DATA), batch_size=20, seq_len=35)
+    dm.setup("fit")
+    model = LSTMLanguageModel(vocab_size=dm.vocab_size, hidden_size=200, num_layers=2, kind=kind, rates=0.7,
+                              lr=1.0, groups=groups)
+    return _fit(model, dm, LSTM_STEPS, clip=5.0)
+
+
+def _tail(values: list[float]) -> float:
+    return sum(values[-TAIL:]) / TAIL
+
+
+@pytest.fixture(scope="module")
+def lstm_bernoulli():
+    return _tail(_lstm_losses("bernoulli"))
+
+
+@needs_data
+@pytest.mark.parametrize("kind", ["row", "tile"])
+def test_lstm_learns_like_bernoulli(kind, lstm_bernoulli):
+    values = _lstm_losses(kind)
+    assert max(values[20:]) < math.log(10000), "loss went above the uniform guess after warm-up"
+    assert _tail(values) < lstm_bernoulli + LSTM_BOUND, (kind, _tail(values), lstm_bernoulli)
+
+
+@needs_data
+def test_single_pattern_lstm_lags(lstm_bernoulli):
+    """The paper's one-pattern-per-step scheme fails the bound above: the test can fail."""
+    assert _tail(_lstm_losses("row", groups=1)) > lstm_bernoulli + LSTM_BOUND
+
+
+def _mlp_losses(kind: str) -> list[float]:
+    from datamodules import MNISTDataModule
+    from models import MLPClassifier
+
+    pl.seed_everything(0)
+    dm = MNISTDataModule(str(DATA), batch_size=128, val_size=5000)
+    model = MLPClassifier(hidden=(512, 512), kind=kind, rates=0.5, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                          schedule="none")
+    return _fit(model, dm, MLP_STEPS, clip=1.0)
+
+
+@needs_data
+@pytest.mark.parametrize("kind", ["row", "tile"])
+def test_mlp_learns_like_bernoulli(kind):
+    bern = _tail(_mlp_losses("bernoulli"))
+    assert _tail(_mlp_losses(kind)) < bern + MLP_BOUND
