@@ -62,6 +62,25 @@ def pattern_rates(max_dp: int) -> np.ndarray:
     return (k - 1.0) / k
 
 
+def auto_max_dp(rate: float) -> int:
+    """The smallest N that reaches ``rate`` with some spread: ``floor(1 / (1 - rate)) + 1``.
+
+    Why (docs/learning.md): a step with pattern ``dp`` scales kept units by ``dp``, and
+    Bernoulli dropout's per-element scale is ``1 / (1 - rate)``. With N = 8 at rate 0.7
+    the searched distribution puts 14% on dp = 8 and E[dp] = 4.8 against Bernoulli's
+    3.3; the sparse steps' losses and gradients dominate and the LM trains slower. This
+    N keeps every dp within one of ``1 / (1 - rate)`` from above (0.3 -> 2, 0.5 -> 3,
+    0.7 -> 4) while the search still spreads the mass over 1..N.
+    """
+    rate = check_rate(rate)
+    return math.floor(1.0 / (1.0 - rate)) + 1
+
+
+def resolve_max_dp(max_dp, rate: float) -> int:
+    """``"auto"`` -> `auto_max_dp`; an integer is taken as given (validated by the search)."""
+    return auto_max_dp(rate) if max_dp == "auto" else max_dp
+
+
 def _validate(rate: float, max_dp: int) -> float:
     rate = check_rate(rate)
     if isinstance(max_dp, bool) or not isinstance(max_dp, int) or max_dp < 1:

@@ -22,7 +22,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from ardrop.nn import PatternSite
-from ardrop.search import DEFAULT_MAX_DP, METHODS, search
+from ardrop.search import DEFAULT_MAX_DP, METHODS, resolve_max_dp, search
 from ardrop.sequence import PatternSequence, stable_seed
 
 
@@ -49,10 +49,11 @@ class PatternCallback(pl.Callback):
         self.hyper = cfg
         if self.method not in METHODS:
             raise ValueError(f"unknown search.method {self.method!r}; choose one of {sorted(METHODS)}")
-        if isinstance(self.max_dp, bool) or not isinstance(self.max_dp, int) or self.max_dp < 1:
-            raise ValueError(f"search.max_dp must be an integer >= 1, got {self.max_dp!r}")
+        if self.max_dp != "auto" and (isinstance(self.max_dp, bool) or not isinstance(self.max_dp, int)
+                                      or self.max_dp < 1):
+            raise ValueError(f"search.max_dp must be 'auto' or an integer >= 1, got {self.max_dp!r}")
         try:  # unknown hyperparameter names fail now, not at fit start
-            inspect.signature(METHODS[self.method]).bind(0.5, self.max_dp, **self.hyper)
+            inspect.signature(METHODS[self.method]).bind(0.5, 8, **self.hyper)
         except TypeError as err:
             raise ValueError(f"search config for method {self.method!r}: {err}") from None
         self.seed = int(seed)
@@ -76,7 +77,7 @@ class PatternCallback(pl.Callback):
                     f"cannot plan a pattern sequence over {total} steps: set trainer.max_epochs or trainer.max_steps"
                 )
             for name, site in sites:
-                max_dp = min(self.max_dp, site.max_dp)
+                max_dp = min(resolve_max_dp(self.max_dp, site.rate), site.max_dp)
                 try:
                     res = search(site.rate, max_dp, method=self.method, **self.hyper)
                 except ValueError as err:

@@ -33,13 +33,15 @@ class MLPClassifier(pl.LightningModule):
         schedule: str = "inv",
         gamma: float = 1e-4,
         power: float = 0.75,
+        groups: int | str = "dp",
     ):
         super().__init__()
         check_optimizer(optimizer)
         hidden = tuple(plain(hidden))
         rates = check_rates(rates, len(hidden))
         self.save_hyperparameters({**locals_hparams(locals()), "hidden": list(hidden), "rates": rates})
-        self.net = ApproxMLP(sizes=(in_features, *hidden, num_classes), kind=kind, rates=rates, tile=tile, backend=backend)
+        self.net = ApproxMLP(sizes=(in_features, *hidden, num_classes), kind=kind, rates=rates, tile=tile, backend=backend,
+                              groups=groups)
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")

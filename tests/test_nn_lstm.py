@@ -29,10 +29,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).norm().item() / denom if denom > 0 else a.norm().item()
 
 
-def _pair(kind, layers, hidden, tile, seed=0, tie=False):
+def _pair(kind, layers, hidden, tile, seed=0, tie=False, groups=1):
     torch.manual_seed(seed)
-    fast = ApproxLSTMLM(V, hidden, layers, kind=kind, rates=0.5, tile=tile, tie_weights=tie)
-    ref = ApproxLSTMLM(V, hidden, layers, kind=kind, rates=0.5, tile=tile, tie_weights=tie, backend="reference")
+    fast = ApproxLSTMLM(V, hidden, layers, kind=kind, rates=0.5, tile=tile, tie_weights=tie, groups=groups)
+    ref = ApproxLSTMLM(V, hidden, layers, kind=kind, rates=0.5, tile=tile, tie_weights=tie, backend="reference",
+                       groups=groups)
     ref.load_state_dict(fast.state_dict())
     return fast, ref.double()
 
@@ -74,8 +75,9 @@ def _compare(fast, ref, tokens, seed):
 @pytest.mark.parametrize("layers", [2, 3])
 @pytest.mark.parametrize("kind", ["row", "tile"])
 @pytest.mark.parametrize("dp", range(1, 9))
-def test_fast_matches_reference_every_dp_and_offset(kind, layers, hidden, tile, dp):
-    fast, ref = _pair(kind, layers, hidden, tile, seed=dp)
+@pytest.mark.parametrize("groups", [1, "dp"])
+def test_fast_matches_reference_every_dp_and_offset(kind, layers, hidden, tile, dp, groups):
+    fast, ref = _pair(kind, layers, hidden, tile, seed=dp, groups=groups)
     g = torch.Generator().manual_seed(100 * dp + layers)
     steps, batch = int(torch.randint(2, 6, (1,), generator=g)), int(torch.randint(1, 4, (1,), generator=g))
     tokens = torch.randint(0, V, (steps, batch), generator=g)
@@ -88,10 +90,11 @@ def test_fast_matches_reference_every_dp_and_offset(kind, layers, hidden, tile, 
 
 
 @pytest.mark.parametrize("kind", ["row", "tile"])
-def test_mixed_dps_per_site_and_tied_weights(kind):
+@pytest.mark.parametrize("groups", [1, 2, "dp"])
+def test_mixed_dps_per_site_and_tied_weights(kind, groups):
     hidden, tile = 11, 3
     for tie in (False, True):
-        fast, ref = _pair(kind, 3, hidden, tile, seed=7, tie=tie)
+        fast, ref = _pair(kind, 3, hidden, tile, seed=7, tie=tie, groups=groups)
         patterns = [Pattern(kind, dp, off, tile) for dp, off in ((3, 2), (1, 0), (5, 1), (2, 1))]
         _set(fast, patterns)
         _set(ref, patterns)
@@ -122,6 +125,47 @@ def test_dropped_weights_get_exactly_zero_grad(kind):
         assert (weight.grad[~dropped] != 0).any()
     for layer in fast.layers:  # the recurrence is never dropped
         assert (layer.weight_hh.grad != 0).all()
+
+
+@pytest.mark.parametrize("kind", ["row", "tile"])
+def test_grouped_time_steps_use_offsets_in_turn(kind):
+    """groups="dp": time step t uses offset (offset + t mod dp) mod dp. Checked against torch.nn
+    with explicit per-step masks written here, not the model's own group code."""
+    torch.manual_seed(4)
+    hidden, tile, dp, off, steps = 10, 2, 3, 2, 7
+    model = ApproxLSTMLM(V, hidden, 2, kind=kind, rates=0.5, tile=tile).double()
+    _set(model, [Pattern(kind, dp, off, tile)] * 3)
+    tokens = torch.randint(0, V, (steps, 2))
+    logits, _ = model(tokens)
+    lstm = _dense_torch_lm(model).double()
+    x = model.encoder(tokens).detach()
+    ws = [layer.weight_ih for layer in model.layers] + [model.decoder.weight]
+    h = [torch.zeros(2, hidden, dtype=torch.double) for _ in range(2)]
+    c = [torch.zeros(2, hidden, dtype=torch.double) for _ in range(2)]
+    expected = []
+    with torch.no_grad():
+        for t in range(steps):
+            o = (off + t) % dp
+            v = x[t]
+            for k in range(3):
+                w = ws[k]
+                if kind == "row":
+                    keep = torch.tensor([j % dp == o for j in range(hidden)], dtype=torch.double)
+                    proj = (v * keep * (hidden / keep.sum())) @ w.t()
+                else:
+                    keep = torch.tensor([[((i // tile) + (j // tile)) % dp == o for j in range(w.shape[1])]
+                                         for i in range(w.shape[0])], dtype=torch.double)
+                    proj = v @ (w * keep * (keep.numel() / keep.sum())).t()
+                if k == 2:
+                    expected.append(proj + model.decoder.bias)
+                    break
+                z = proj + getattr(lstm, f"bias_ih_l{k}") + h[k] @ getattr(lstm, f"weight_hh_l{k}").t() \
+                    + getattr(lstm, f"bias_hh_l{k}")
+                i, f, g, o_ = z.chunk(4, 1)
+                c[k] = torch.sigmoid(f) * c[k] + torch.sigmoid(i) * torch.tanh(g)
+                h[k] = torch.sigmoid(o_) * torch.tanh(c[k])
+                v = h[k]
+    assert _rel(logits.detach(), torch.stack(expected)) < 1e-12
 
 
 def _dense_torch_lm(model: ApproxLSTMLM):

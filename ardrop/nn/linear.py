@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ardrop.functional import compact_linear, row_dropout_reference, tile_linear, tile_linear_reference
+from ardrop.functional.grouped import Group, grouped_linear, grouped_tile_linear
 from ardrop.optim.lazy_sgd import flush_params
 from ardrop.patterns import DEFAULT_TILE, Pattern
 from ardrop.nn.site import PatternSite
@@ -56,6 +57,7 @@ class ApproxLinear(nn.Module):
         tile: int = DEFAULT_TILE,
         relu: bool = False,
         backend: str = "fast",
+        groups: int | str = "dp",
     ) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features)):
@@ -64,7 +66,7 @@ class ApproxLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.relu = bool(relu)
         self.backend = check_layer_backend(backend)
-        self.site = PatternSite(kind, rate, site_max_dp(kind, out_features, in_features, tile), tile)
+        self.site = PatternSite(kind, rate, site_max_dp(kind, out_features, in_features, tile), tile, groups)
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_parameters()
@@ -114,6 +116,9 @@ class ApproxLinear(nn.Module):
         p = self.site.active_pattern()
         if p is None:
             return self._dense(x)
+        found = self.site.group_patterns(x.shape[0]) if x.dim() > 1 else None
+        if found is not None:  # one pattern per group of samples (dim 0)
+            return self._forward_grouped(x, found)
         if kind == "row":
             if self.backend == "reference":
                 return row_dropout_reference(self._dense(x), p.dp, p.offset)
@@ -125,6 +130,27 @@ class ApproxLinear(nn.Module):
             self.flush_lazy()
             return tile_linear_reference(x, self.weight, self.bias, p.dp, p.offset, p.tile, None, self.relu)
         return tile_linear(x, self.weight, self.bias, p.dp, p.offset, p.tile, None, self.relu)
+
+    def _forward_grouped(self, x: torch.Tensor, found) -> torch.Tensor:
+        """Samples ``g::G`` use the ``g``-th offset (see `ardrop.functional.grouped`)."""
+        if self.backend == "reference":  # dense, explicit per-group masks
+            self.flush_lazy()
+            y = x.new_empty(*x.shape[:-1], self.out_features)
+            for start, stride, p in found:
+                rows = x[start::stride]
+                if p.kind == "row":
+                    y[start::stride] = row_dropout_reference(self._dense(rows), p.dp, p.offset)
+                else:
+                    y[start::stride] = tile_linear_reference(rows, self.weight, self.bias, p.dp, p.offset, p.tile,
+                                                             None, self.relu)
+            return y
+        if self.kind == "row":
+            groups = [Group(start, stride, p.dp, p.offset, out_scale=p.row_scale(self.out_features))
+                      for start, stride, p in found]
+            return grouped_linear(x, self.weight, self.bias, groups, self.relu)
+        groups = [Group(start, stride, p.dp, p.offset, out_scale=p.tile_scale(self.out_features, self.in_features))
+                  for start, stride, p in found]
+        return grouped_tile_linear(x, self.weight, self.bias, groups, self.site.tile, self.relu)
 
     def extra_repr(self) -> str:
         return (

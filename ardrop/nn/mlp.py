@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ardrop.functional import compact_linear, row_dropout_reference
+from ardrop.functional.grouped import Group, grouped_linear
 from ardrop.optim.lazy_sgd import flush_params
 from ardrop.nn.linear import ApproxLinear, check_layer_backend, check_width
 from ardrop.patterns import DEFAULT_TILE, check_rate
@@ -41,6 +42,7 @@ class ApproxMLP(nn.Module):
         rates=0.5,
         tile: int = DEFAULT_TILE,
         backend: str = "fast",
+        groups: int | str = "dp",
     ) -> None:
         super().__init__()
         sizes = tuple(sizes)
@@ -51,7 +53,8 @@ class ApproxMLP(nn.Module):
         n_hidden = len(sizes) - 2
         rate_list = per_site_rates(rates, n_hidden)
         self.hidden = nn.ModuleList(
-            ApproxLinear(sizes[l], sizes[l + 1], kind=kind, rate=rate_list[l], tile=tile, relu=True, backend=backend)
+            ApproxLinear(sizes[l], sizes[l + 1], kind=kind, rate=rate_list[l], tile=tile, relu=True, backend=backend,
+                         groups=groups)
             for l in range(n_hidden)
         )
         self.head = nn.Linear(sizes[-2], sizes[-1])
@@ -65,17 +68,47 @@ class ApproxMLP(nn.Module):
             x = x.flatten(1)  # images [B, 1, 28, 28] -> [B, 784]
         check_width(x, self.sizes[0], "ApproxMLP")
         if self.kind == "row" and self.backend == "fast":
-            return self._forward_compact(x)
+            count = self._group_count(x.shape[0])
+            return self._forward_compact(x) if count <= 1 else self._forward_grouped(x, count)
         if self.kind == "row":  # reference: dense layers, explicit masks
             flush_params(*self.parameters())  # dense reads below: stored values must be current (LazySGD)
+            count = self._group_count(x.shape[0])
             for layer in self.hidden:
                 p = layer.site.active_pattern()
                 h = torch.relu(F.linear(x, layer.weight, layer.bias))
-                x = h if p is None else row_dropout_reference(h, p.dp, p.offset)
+                if p is None or count <= 1:
+                    x = h if p is None else row_dropout_reference(h, p.dp, p.offset)
+                    continue
+                x = torch.empty_like(h)  # sample b drops with offset (offset + b mod count) mod dp
+                for g in range(count):
+                    x[g::count] = row_dropout_reference(h[g::count], p.dp, (p.offset + g) % p.dp)
             return self.head(x)
         for layer in self.hidden:
             x = layer(x)  # each layer reads its weights the LazySGD way (or flushes first)
         return compact_linear(x, self.head.weight, self.head.bias)
+
+    def _group_count(self, batch: int) -> int:
+        """Model-wide number of sample groups this step: the largest site's (1: one pattern per step).
+
+        One count for all sites, so a sample's offsets at consecutive layers come from the
+        same group ``g`` and each layer's kept blocks stay distinct (`grouped_linear`).
+        """
+        counts = [len(found) for layer in self.hidden if (found := layer.site.group_patterns(batch)) is not None]
+        return max(counts, default=1)
+
+    def _forward_grouped(self, x: torch.Tensor, count: int) -> torch.Tensor:
+        """Row patterns per group of samples ``g::count``, full-width activations (zeros where dropped)."""
+        prev = [(1, 0)] * count
+        for layer in self.hidden:
+            p = layer.site.active_pattern()
+            groups = []
+            for g in range(count):
+                dp, off = (1, 0) if p is None else (p.dp, (p.offset + g) % p.dp)
+                scale = layer.out_features / len(range(off, layer.out_features, dp))
+                groups.append(Group(g, count, dp, off, *prev[g], 1.0, scale))
+            x = grouped_linear(x, layer.weight, layer.bias, groups, relu=True)
+            prev = [(g.out_dp, g.out_offset) for g in groups]
+        return grouped_linear(x, self.head.weight, self.head.bias, [Group(g, count, 1, 0, *prev[g]) for g in range(count)])
 
     def _forward_compact(self, x: torch.Tensor) -> torch.Tensor:
         in_dp, in_off = 1, 0
