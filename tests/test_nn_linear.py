@@ -9,8 +9,8 @@ from tests._linear_cases import grads, rel_err
 
 def _pair(kind, relu, out_f=13, in_f=11, tile=4):
     torch.manual_seed(0)
-    fast = ApproxLinear(in_f, out_f, kind=kind, rate=0.5, tile=tile, relu=relu)
-    ref = ApproxLinear(in_f, out_f, kind=kind, rate=0.5, tile=tile, relu=relu, backend="reference").double()
+    fast = ApproxLinear(in_f, out_f, kind=kind, rate=0.5, tile=tile, relu=relu, groups=1)
+    ref = ApproxLinear(in_f, out_f, kind=kind, rate=0.5, tile=tile, relu=relu, backend="reference", groups=1).double()
     ref.load_state_dict({k: v.double() for k, v in fast.state_dict().items()})
     return fast, ref
 

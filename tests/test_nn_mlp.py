@@ -12,8 +12,8 @@ SIZES = (20, 19, 13, 5)  # ragged hidden widths
 
 def _pair(kind, sizes=SIZES, tile=4):
     torch.manual_seed(0)
-    fast = ApproxMLP(sizes, kind=kind, rates=0.5, tile=tile)
-    ref = ApproxMLP(sizes, kind=kind, rates=0.5, tile=tile, backend="reference").double()
+    fast = ApproxMLP(sizes, kind=kind, rates=0.5, tile=tile, groups=1)
+    ref = ApproxMLP(sizes, kind=kind, rates=0.5, tile=tile, backend="reference", groups=1).double()
     ref.load_state_dict({k: v.double() for k, v in fast.state_dict().items()})
     return fast, ref
 
@@ -109,3 +109,40 @@ def test_row_training_steps_skip_and_learn():
         opt.zero_grad()
         losses.append(loss.item())
     assert sum(losses[-5:]) < 0.7 * sum(losses[:5])
+
+
+@pytest.mark.parametrize("kind", ["row", "tile"])
+@pytest.mark.parametrize("pats", [((3, 1), (5, 2)), ((2, 0), (1, 0)), ((4, 3), (2, 1)), ((1, 0), (3, 2))])
+def test_grouped_mlp_matches_per_sample_reference(kind, pats):
+    """groups="dp": sample b uses offset (offset + b mod G) mod dp; forward and gradients
+    equal dense layers with those explicit masks, in float64."""
+    torch.manual_seed(0)
+    sizes = (30, 40, 24, 5)
+    fast = ApproxMLP(sizes, kind=kind, tile=4).double()
+    x = torch.randn(13, 30, dtype=torch.double)
+    for layer, (dp, off) in zip(fast.hidden, pats):
+        layer.site.set_pattern(Pattern(kind, dp, off, 4))
+    y = fast(x)
+    (y * torch.arange(5.0, dtype=torch.double)).sum().backward()
+    count = max(dp for dp, _ in pats) if kind == "row" else None
+    params = [p.detach().clone().requires_grad_() for p in fast.parameters()]
+    w1, b1, w2, b2, w3, b3 = params
+    h = x
+    for (w, b), (dp, off) in zip(((w1, b1), (w2, b2)), pats):
+        rows = []
+        for s in range(h.shape[0]):
+            g = s % (count if kind == "row" else dp)
+            o = (off + g) % dp
+            if kind == "row":
+                keep = torch.tensor([j % dp == o for j in range(w.shape[0])], dtype=torch.double)
+                rows.append(torch.relu(h[s] @ w.t() + b) * keep * (w.shape[0] / keep.sum()))
+            else:
+                keep = torch.tensor([[((i // 4) + (j // 4)) % dp == o for j in range(w.shape[1])]
+                                     for i in range(w.shape[0])], dtype=torch.double)
+                rows.append(torch.relu(h[s] @ (w * keep * (keep.numel() / keep.sum())).t() + b))
+        h = torch.stack(rows)
+    yr = h @ w3.t() + b3
+    (yr * torch.arange(5.0, dtype=torch.double)).sum().backward()
+    assert torch.allclose(y, yr, atol=1e-12)
+    for p, r in zip(fast.parameters(), params):
+        assert torch.allclose(p.grad, r.grad, atol=1e-12)

@@ -33,7 +33,7 @@ def _patterns(steps, seed=0, max_dp=6):
 
 def _run_pair(hyper, steps=90, window=16, lr_schedule=None, skip_grad_at=(), kind="row", clip=None):
     torch.manual_seed(0)
-    model = ApproxMLP(SIZES, kind=kind, rates=0.5, tile=4).double()
+    model = ApproxMLP(SIZES, kind=kind, rates=0.5, tile=4, groups=1).double()
     ref = copy.deepcopy(model)
     opt = LazySGD(model.parameters(), window=window, verify=True, **hyper)
     ref_opt = torch.optim.SGD(ref.parameters(), **hyper)
@@ -129,8 +129,8 @@ def test_only_the_read_region_is_written(native_mode):
     """Dropped rows, and dropped tiles, stay untouched until a flush (they still move: momentum)."""
     torch.manual_seed(0)
     x = torch.randn(3, 16, dtype=torch.float64)
-    cases = [(ApproxLinear(16, 12, kind="row", rate=0.5), Pattern("row", 3, 1)),
-             (ApproxLinear(16, 12, kind="tile", rate=0.5, tile=4), Pattern("tile", 3, 2, 4))]
+    cases = [(ApproxLinear(16, 12, kind="row", rate=0.5, groups=1), Pattern("row", 3, 1)),
+             (ApproxLinear(16, 12, kind="tile", rate=0.5, tile=4, groups=1), Pattern("tile", 3, 2, 4))]
     for layer, pattern in cases:
         layer = layer.double()
         opt = LazySGD(layer.parameters(), lr=0.1, momentum=0.9)
@@ -150,7 +150,7 @@ def test_only_the_read_region_is_written(native_mode):
 def test_compact_chaining_skips_dropped_input_columns():
     """The second layer's update touches its kept rows' kept columns only."""
     torch.manual_seed(0)
-    model = ApproxMLP((6, 12, 10, 3), kind="row", rates=0.5).double()
+    model = ApproxMLP((6, 12, 10, 3), kind="row", rates=0.5, groups=1).double()
     opt = LazySGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(64, 6, dtype=torch.float64)
     dense, sparse = (Pattern("row", 1, 0), Pattern("row", 1, 0)), (Pattern("row", 3, 2), Pattern("row", 2, 1))
@@ -195,7 +195,7 @@ def test_lstm_lm_with_lazy_sgd_equals_torch_sgd(kind, tie):
 def _row_layer_pair():
     """A small row layer on LazySGD, its copy on torch SGD, and an input."""
     torch.manual_seed(0)
-    layer = ApproxLinear(6, 8, kind="row", rate=0.5).double()
+    layer = ApproxLinear(6, 8, kind="row", rate=0.5, groups=1).double()
     ref = copy.deepcopy(layer)
     opt, ref_opt = LazySGD(layer.parameters(), lr=0.1, momentum=0.9), torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
     return layer, ref, opt, ref_opt, torch.randn(3, 6, dtype=torch.float64)
@@ -222,7 +222,7 @@ def test_an_unroutable_read_gets_a_dense_step():
 def test_rows_really_are_deferred():
     """The point of the optimizer: a dropped row's weights stay untouched until it is read."""
     torch.manual_seed(0)
-    layer = ApproxLinear(6, 8, kind="row", rate=0.5).double()
+    layer = ApproxLinear(6, 8, kind="row", rate=0.5, groups=1).double()
     opt = LazySGD(layer.parameters(), lr=0.1, momentum=0.9)
     x = torch.randn(3, 6, dtype=torch.float64)
     for p in (Pattern("row", 1, 0), Pattern("row", 2, 0), Pattern("row", 2, 0)):
@@ -245,7 +245,7 @@ def test_a_step_over_the_whole_tensor_leaves_true_values_with_the_fused_kernel(n
     writes true values (identity frame, so the next read needs no gather); without it the
     frame keeps the pending update. Both equal torch's SGD."""
     torch.manual_seed(0)
-    model = ApproxMLP((6, 8, 5), kind="row", rates=0.5).double()
+    model = ApproxMLP((6, 8, 5), kind="row", rates=0.5, groups=1).double()
     ref = copy.deepcopy(model)
     opt = LazySGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
@@ -264,7 +264,7 @@ def test_a_step_over_the_whole_tensor_leaves_true_values_with_the_fused_kernel(n
 
 def test_eval_forward_sees_current_weights():
     torch.manual_seed(0)
-    model = ApproxMLP(SIZES, kind="row", rates=0.5).double()
+    model = ApproxMLP(SIZES, kind="row", rates=0.5, groups=1).double()
     ref = copy.deepcopy(model)
     opt = LazySGD(model.parameters(), lr=0.1, momentum=0.9)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
@@ -283,7 +283,7 @@ def test_eval_forward_sees_current_weights():
 
 def test_gradient_accumulation_with_two_patterns_falls_back_to_dense():
     torch.manual_seed(0)
-    model = ApproxMLP(SIZES, kind="row", rates=0.5).double()
+    model = ApproxMLP(SIZES, kind="row", rates=0.5, groups=1).double()
     ref = copy.deepcopy(model)
     opt = LazySGD(model.parameters(), lr=0.1, momentum=0.9, verify=True)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
@@ -302,7 +302,7 @@ def test_gradient_accumulation_with_two_patterns_falls_back_to_dense():
 
 def test_verify_catches_gradient_outside_the_reported_rows():
     torch.manual_seed(0)
-    layer = ApproxLinear(6, 8, kind="row", rate=0.5).double()
+    layer = ApproxLinear(6, 8, kind="row", rate=0.5, groups=1).double()
     opt = LazySGD(layer.parameters(), lr=0.1, momentum=0.9, verify=True)
     x = torch.randn(3, 6, dtype=torch.float64)
     for step in range(2):
