@@ -30,6 +30,7 @@ import torch
 from ardrop.functional._common import check_linear_args, check_pattern, check_scale
 from ardrop.functional.tile import _block_views, _classes, _copy_blocks, _gather, _mm, _scatter
 from ardrop.optim.lazy_sgd import flush_params
+from ardrop.patterns import Pattern
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,16 @@ def _check_groups(x: torch.Tensor, groups) -> None:
         seen.add(g.start)
     if x.dim() < 2:
         raise ValueError(f"grouped ops need a group axis (dim 0) and features (last dim), got shape {tuple(x.shape)}")
+
+
+def _check_call(x, weight, bias, groups) -> tuple[int, int]:
+    """The checks both grouped ops make before any kernel; returns ``(out_features, in_features)``."""
+    check_linear_args(x, weight, bias)
+    _check_groups(x, list(groups))
+    out_features, in_features = weight.shape
+    if x.shape[-1] != in_features:
+        raise ValueError(f"input has {x.shape[-1]} features but the layer expects in_features={in_features}")
+    return out_features, in_features
 
 
 class _GroupedLinear(torch.autograd.Function):
@@ -133,11 +144,7 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     groups' blocks. The weight is read densely over the step (every group reads its own
     block), so a `LazySGD` gives it dense steps.
     """
-    check_linear_args(x, weight, bias)
-    _check_groups(x, list(groups))
-    out_features, in_features = weight.shape
-    if x.shape[-1] != in_features:
-        raise ValueError(f"input has {x.shape[-1]} features but the layer expects in_features={in_features}")
+    out_features, in_features = _check_call(x, weight, bias, groups)
     for g in groups:
         check_pattern("output (row)", g.out_dp, g.out_offset, out_features)
         check_pattern("input (column)", g.in_dp, g.in_offset, in_features)
@@ -218,13 +225,7 @@ def grouped_tile_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     inverted-dropout scale; only kept tiles are multiplied. Groups with distinct offsets
     of one dp keep disjoint tiles, so the weight gradient is written once per tile.
     """
-    from ardrop.patterns import Pattern
-
-    check_linear_args(x, weight, bias)
-    _check_groups(x, list(groups))
-    out_features, in_features = weight.shape
-    if x.shape[-1] != in_features:
-        raise ValueError(f"input has {x.shape[-1]} features but the layer expects in_features={in_features}")
+    out_features, in_features = _check_call(x, weight, bias, groups)
     for g in groups:
         Pattern("tile", g.out_dp, g.out_offset, tile)
         max_dp = Pattern.max_tile_dp(out_features, in_features, tile)
