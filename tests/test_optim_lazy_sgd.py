@@ -6,6 +6,7 @@ must flush) and both momentum buffers must agree to float64 rounding.
 """
 
 import copy
+import pickle
 import random
 
 import pytest
@@ -31,7 +32,8 @@ def _patterns(steps, seed=0, max_dp=6):
     return out
 
 
-def _run_pair(hyper, steps=90, window=16, lr_schedule=None, skip_grad_at=(), kind="row", clip=None):
+def _run_pair(hyper, steps=90, window=16, lr_schedule=None, skip_grad_at=(), kind="row", clip=None, events=None):
+    """``events[s](model, ref, opt, ref_opt) -> (opt, ref_opt)`` runs before step ``s`` (e.g. a load)."""
     torch.manual_seed(0)
     model = ApproxMLP(SIZES, kind=kind, rates=0.5, tile=4, groups=1).double()
     ref = copy.deepcopy(model)
@@ -40,6 +42,8 @@ def _run_pair(hyper, steps=90, window=16, lr_schedule=None, skip_grad_at=(), kin
     pats = _patterns(steps)
     gen = torch.Generator().manual_seed(1)
     for s in range(steps):
+        if events and s in events:
+            opt, ref_opt = events[s](model, ref, opt, ref_opt)
         x = torch.randn(7, SIZES[0], generator=gen, dtype=torch.float64)
         t = torch.randint(0, SIZES[-1], (7,), generator=gen)
         for m, o in ((model, opt), (ref, ref_opt)):
@@ -323,6 +327,12 @@ def test_checkpoint_round_trip_matches_torch_state():
     fresh.load_state_dict(opt.state_dict())
     torch_opt = torch.optim.SGD(copy.deepcopy(model).parameters(), lr=0.05, momentum=0.9)
     torch_opt.load_state_dict(opt.state_dict())  # the saved state is plain torch SGD state
+    ref_state = ref_opt.state_dict()["state"]
+    for loaded in (fresh, torch_opt):
+        state = loaded.state_dict()["state"]
+        assert state.keys() == ref_state.keys()
+        for k in ref_state:
+            assert torch.allclose(state[k]["momentum_buffer"], ref_state[k]["momentum_buffer"], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -341,12 +351,95 @@ def test_bad_arguments(kwargs, match):
         LazySGD(layer.parameters(), **kwargs)
 
 
-def test_one_parameter_one_optimizer():
-    layer = ApproxLinear(4, 4)
-    keep = LazySGD(layer.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="another LazySGD"):
-        LazySGD(layer.parameters(), lr=0.1)
-    del keep
+WD = dict(lr=0.05, momentum=0.9, weight_decay=1e-2)  # weight decay: the hardest frame to undo
+
+
+def _raw(model):
+    """The stored tensors as they are (no flush), for checks that must not fold a frame themselves."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("hyper", [dict(lr=0.05, momentum=0.9), WD], ids=["plain", "weight_decay"])
+def test_model_load_state_dict_with_pending_updates(hyper):
+    """A checkpoint loaded into the model mid-run replaces the weights; the pending update must not land on top."""
+    snap = {}
+
+    def save(model, ref, opt, ref_opt):
+        snap.update({k: v.clone() for k, v in ref.state_dict().items()})
+        return opt, ref_opt
+
+    def load(model, ref, opt, ref_opt):
+        assert any(not f.identity for f in opt._frames.values())  # the test really has pending updates
+        model.load_state_dict(snap)
+        ref.load_state_dict(snap)
+        return opt, ref_opt
+
+    _assert_same(*_run_pair(hyper, steps=40, window=500, events={10: save, 25: load}))
+
+
+def test_optimizer_load_state_dict_with_pending_updates():
+    """Loading only the optimizer's state mid-run: the weights keep their pending update, the buffers are replaced."""
+    snap = {}
+
+    def save(model, ref, opt, ref_opt):
+        snap["state"] = copy.deepcopy(ref_opt.state_dict())
+        return opt, ref_opt
+
+    def load(model, ref, opt, ref_opt):
+        assert any(not f.identity for f in opt._frames.values())
+        opt.load_state_dict(copy.deepcopy(snap["state"]))
+        ref_opt.load_state_dict(copy.deepcopy(snap["state"]))
+        return opt, ref_opt
+
+    _assert_same(*_run_pair(WD, steps=40, window=500, events={10: save, 25: load}))
+
+
+@pytest.mark.parametrize("keep_old", [False, True], ids=["dropped", "still_referenced"])
+def test_a_replaced_optimizer_hands_over_its_pending_updates(keep_old):
+    """Lightning rebuilds optimizers: the old one's pending update is folded in, not lost."""
+    old = []
+
+    def rebuild(model, ref, opt, ref_opt):
+        assert any(not f.identity for f in opt._frames.values())
+        if keep_old:
+            old.append(opt)  # still alive: the new one takes the parameters over
+        new = LazySGD(model.parameters(), window=500, verify=True, **WD)
+        return new, torch.optim.SGD(ref.parameters(), **WD)
+
+    model, ref, opt, ref_opt = _run_pair(WD, steps=40, window=500, events={20: rebuild})
+    _assert_same(model, ref, opt, ref_opt)
+    if keep_old:  # the old one now steps those parameters as torch does (densely), without a frame
+        assert not old[0]._frames
+
+
+def test_deepcopy_and_pickle_see_current_weights():
+    model, ref, opt, ref_opt = _run_pair(WD, steps=20, window=500)
+    assert any(not f.identity for f in opt._frames.values())
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        got, want = _raw(clone), _raw(ref)
+        for k in want:
+            assert torch.allclose(got[k], want[k], rtol=1e-12, atol=1e-12), k
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_a_foreign_write_is_honoured_or_refused(weight_decay):
+    """``p.copy_`` behind the optimizer's back: exact without weight decay, a clear error with it."""
+    hyper = dict(lr=0.05, momentum=0.9, weight_decay=weight_decay)
+
+    def write(model, ref, opt, ref_opt):
+        pending = [name for name, p in model.named_parameters() if not opt._frames[p].identity]
+        assert pending
+        with torch.no_grad():  # not through ApproxMLP.load_state_dict: nothing flushes first
+            for m in (model, ref):
+                p = dict(m.named_parameters())[pending[0]]
+                p.copy_(torch.linspace(-0.1, 0.1, p.numel(), dtype=p.dtype).view_as(p))
+        return opt, ref_opt
+
+    if weight_decay:
+        with pytest.raises(RuntimeError, match="optimizer.flush"):
+            _run_pair(hyper, steps=30, window=500, events={20: write})
+    else:
+        _assert_same(*_run_pair(hyper, steps=30, window=500, events={20: write}))
 
 
 @pytest.mark.parametrize("shape, tile", [((12, 16), 4), ((13, 18), 4), ((70, 45), 32)])

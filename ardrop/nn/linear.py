@@ -16,7 +16,7 @@ from torch import nn
 
 from ardrop.functional import compact_linear, row_dropout_reference, tile_linear, tile_linear_reference
 from ardrop.functional.grouped import Group, grouped_linear, grouped_tile_linear
-from ardrop.optim.lazy_sgd import flush_params
+from ardrop.optim.lazy_sgd import FlushesLazyParams, flush_params
 from ardrop.patterns import DEFAULT_TILE, Pattern
 from ardrop.nn.site import PatternSite
 
@@ -44,7 +44,7 @@ def check_width(x: torch.Tensor, expected: int, what: str) -> None:
         raise ValueError(f"{what} expects inputs with {expected} features in the last dimension, got {got}")
 
 
-class ApproxLinear(nn.Module):
+class ApproxLinear(FlushesLazyParams, nn.Module):
     """``y = dropout(act(x @ W.T + b))`` where row/tile dropout never computes dropped work."""
 
     def __init__(
@@ -70,9 +70,7 @@ class ApproxLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.reset_parameters()
-        # A LazySGD may hold some rows behind between steps; whoever saves the weights
-        # must see current values.
-        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: module.flush_lazy())
+        self._flush_hooks()  # saving, loading and copying see a LazySGD's pending rows
 
     def flush_lazy(self) -> None:
         """Fold a `LazySGD`'s pending update into the stored weights before a dense read."""

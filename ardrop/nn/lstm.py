@@ -35,7 +35,7 @@ from ardrop.functional import compact_linear, tile_linear
 from ardrop.functional.grouped import Group, grouped_linear, grouped_tile_linear
 from ardrop.nn._lstm_recurrence import lstm_from_gates, lstm_gates_reference, lstm_layer_fused, lstm_layer_reference
 from ardrop.nn.site import SITE_KINDS, PatternSite
-from ardrop.optim.lazy_sgd import flush_params, mark_dense
+from ardrop.optim.lazy_sgd import FlushesLazyParams, flush_params, mark_dense
 from ardrop.patterns import DEFAULT_TILE, Pattern
 
 LSTM_BACKENDS = ("fast", "reference")
@@ -76,7 +76,7 @@ class _LSTMLayer(nn.Module):
         return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
 
 
-class ApproxLSTMLM(nn.Module):
+class ApproxLSTMLM(FlushesLazyParams, nn.Module):
     """Embedding -> ``num_layers`` LSTM layers -> decoder, dropout on non-recurrent links."""
 
     def __init__(
@@ -119,9 +119,7 @@ class ApproxLSTMLM(nn.Module):
             nn.init.uniform_(p, -init_range, init_range)
         if self.tie_weights:
             self.decoder.weight = self.encoder.weight
-        # A LazySGD may hold weights in its moving frame between steps; whoever saves
-        # them must see current values.
-        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: flush_params(*module.parameters()))
+        self._flush_hooks()  # saving, loading and copying see a LazySGD's pending updates
 
     def _consumer_shape(self, site_index: int) -> tuple[int, int]:
         """Weight shape ``[out, in]`` of the matrix that reads the site's vector."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from ardrop.functional import compact_linear, row_dropout_reference
 from ardrop.functional.grouped import Group, grouped_linear
-from ardrop.optim.lazy_sgd import flush_params
+from ardrop.optim.lazy_sgd import FlushesLazyParams, flush_params
 from ardrop.nn.linear import ApproxLinear, check_layer_backend, check_width
 from ardrop.patterns import DEFAULT_TILE, check_rate
 
@@ -32,7 +32,7 @@ def per_site_rates(rates, n_sites: int) -> list[float]:
     raise ValueError(f"rates must be a number or a sequence of {n_sites} numbers, got {rates!r}")
 
 
-class ApproxMLP(nn.Module):
+class ApproxMLP(FlushesLazyParams, nn.Module):
     """``sizes[0] -> ... -> sizes[-1]`` with ReLU and dropout sites on the hidden layers."""
 
     def __init__(
@@ -59,9 +59,7 @@ class ApproxMLP(nn.Module):
         )
         self.head = nn.Linear(sizes[-2], sizes[-1])
         self.kind = self.hidden[0].kind if n_hidden else kind
-        # A LazySGD may hold the head in its moving frame between steps (the hidden
-        # layers flush their own): whoever saves it must see current values.
-        self.register_state_dict_pre_hook(lambda module, prefix, keep_vars: flush_params(*module.head.parameters()))
+        self._flush_hooks()  # saving, loading and copying see a LazySGD's pending updates (the head's too)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() > 2:

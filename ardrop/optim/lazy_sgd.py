@@ -39,6 +39,7 @@ checks it at a cost).
 
 from __future__ import annotations
 
+import gc
 import weakref
 from typing import Callable
 
@@ -167,10 +168,56 @@ def flush_params(*params) -> None:
             opt._flush_param(p)
 
 
+def _flush_module(module, *args) -> None:
+    flush_params(*module.parameters())
+
+
+class FlushesLazyParams:
+    """Mixin for modules whose parameters a `LazySGD` may hold in its moving frame.
+
+    Whole-module reads and writes see true values: ``state_dict``, ``load_state_dict``
+    (a pending update must be folded in *before* new values replace the stored ones,
+    else it lands on top of them) and ``copy.deepcopy``/pickling. Call
+    ``_flush_hooks()`` in ``__init__``.
+    """
+
+    def _flush_hooks(self) -> None:
+        self.register_state_dict_pre_hook(_flush_module)
+        self.register_load_state_dict_pre_hook(_flush_module)
+
+    def __getstate__(self):
+        flush_params(*self.parameters())
+        return super().__getstate__()
+
+
 def mark_dense(param: torch.Tensor) -> None:
     """Never defer ``param``: code that does not report its reads also uses it (weight tying)."""
     _DENSE_ONLY[param] = True
     flush_params(param)
+
+
+def _fold(p: torch.Tensor, buf: torch.Tensor | None, frame: _Frame) -> None:
+    """Write ``M @ (stored buffer, stored weight)`` into the tensors."""
+    with torch.no_grad():
+        if buf is None:  # momentum 0: the frame only scales the weights
+            p.mul_(frame.ww)
+        elif frame.bw == 0.0:  # no weight decay: the weights do not feed the buffer
+            if frame.ww != 1.0:
+                p.mul_(frame.ww)
+            p.add_(buf, alpha=frame.wb)
+            buf.mul_(frame.bb)
+        else:
+            old_buf = buf.clone()
+            buf.mul_(frame.bb).add_(p, alpha=frame.bw)
+            p.mul_(frame.ww).add_(old_buf, alpha=frame.wb)
+
+
+def _fold_all(frames: dict, versions: dict, state_box: list) -> None:
+    """A dropped optimizer's last act: fold every pending frame (``weakref.finalize``)."""
+    for p, frame in list(frames.items()):
+        if not frame.identity and p._version == versions.get(p):
+            _fold(p, state_box[0].get(p, {}).get("momentum_buffer"), frame)
+        frame.reset()
 
 
 class _Frame:
@@ -218,18 +265,61 @@ class LazySGD(torch.optim.Optimizer):
         self.window = window
         self.verify = bool(verify)
         self._frames: dict[torch.Tensor, _Frame] = {}
+        self._versions: dict[torch.Tensor, int] = {}  # each parameter's version counter after our last write
         self._pending: dict[torch.Tensor, set] = {}
+        self._state_box: list = [None]  # the finalizer's view of self.state (load_state_dict replaces it)
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, lazy=lazy)
         super().__init__(params, defaults)
+        self._state_box[0] = self.state
+        # An optimizer dropped with updates pending (Lightning rebuilding it, a user's
+        # `del`) folds them into the tensors as it goes, instead of losing them.
+        weakref.finalize(self, _fold_all, self._frames, self._versions, self._state_box)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         for p in self.param_groups[-1]["params"]:
-            if p in _OWNERS and _OWNERS[p]() not in (None, self):
-                raise ValueError("a parameter is already managed by another LazySGD; give each parameter one optimizer")
+            other = _owner(p)
+            if other is not None and other is not self:
+                gc.collect()  # an unreferenced optimizer in a reference cycle: let it fold and go
+                other = _owner(p)
+            if other is not None and other is not self:
+                other._release(p)  # still alive: it hands over with true values and steps p densely
             _OWNERS[p] = weakref.ref(self)
             self._frames[p] = _Frame()
+            self._versions[p] = p._version
+
+    def _release(self, p: torch.Tensor) -> None:
+        """Give up deferring ``p`` (another LazySGD takes it): fold its frame, step it densely from now on."""
+        self._flush_param(p)
+        self._frames.pop(p, None)
+        self._versions.pop(p, None)
+        self._pending.pop(p, None)
+
+    def _check_external_write(self, p: torch.Tensor, frame: _Frame) -> None:
+        """Handle a write to ``p`` that did not go through this optimizer (``p.copy_``, a foreign load).
+
+        The written values are true weights. The true buffer is ``bb * buf + bw * w_old``:
+        without weight decay (``bw = 0``) it is recovered exactly, and ardrop's layers
+        flush before their own ``load_state_dict``, so only a foreign write with weight
+        decay cannot be honoured; that raises rather than step from a wrong buffer.
+        """
+        if p._version == self._versions.get(p, p._version):
+            return
+        if not frame.identity:
+            buf = self._buffer(p)
+            if buf is not None and frame.bw != 0.0:
+                raise RuntimeError(
+                    f"a parameter of shape {tuple(p.shape)} was overwritten while LazySGD held a pending update "
+                    "with weight decay, so its momentum buffer cannot be recovered. Call optimizer.flush() before "
+                    "writing parameters yourself (ardrop's layers do this in load_state_dict), or use "
+                    "torch.optim.SGD (model.optimizer=sgd)."
+                )
+            if buf is not None and frame.bb != 1.0:
+                with torch.no_grad():
+                    buf.mul_(frame.bb)
+            frame.reset()
+        self._versions[p] = p._version
 
     # ---- reads ------------------------------------------------------------------------
     def _buffer(self, p):
@@ -239,6 +329,7 @@ class LazySGD(torch.optim.Optimizer):
         frame = self._frames.get(p)
         if frame is None:
             return None
+        self._check_external_write(p, frame)
         if region is None or p in _DENSE_ONLY:
             self._flush_param(p)
             region = None  # recorded as an unreported use: a dense step
@@ -254,23 +345,11 @@ class LazySGD(torch.optim.Optimizer):
         frame = self._frames.get(p)
         if frame is None:
             return
+        self._check_external_write(p, frame)
         if not frame.identity:
-            self._fold(p, frame)
+            _fold(p, self._buffer(p), frame)
         frame.reset()
-
-    def _fold(self, p: torch.Tensor, frame: _Frame) -> None:
-        buf = self._buffer(p)
-        if buf is None:  # momentum 0: the frame only scales the weights
-            p.mul_(frame.ww)
-        elif frame.bw == 0.0:  # no weight decay: the weights do not feed the buffer
-            if frame.ww != 1.0:
-                p.mul_(frame.ww)
-            p.add_(buf, alpha=frame.wb)
-            buf.mul_(frame.bb)
-        else:
-            old_buf = buf.clone()
-            buf.mul_(frame.bb).add_(p, alpha=frame.bw)
-            p.mul_(frame.ww).add_(old_buf, alpha=frame.wb)
+        self._versions[p] = p._version
 
     @torch.no_grad()
     def flush(self) -> None:
@@ -285,9 +364,22 @@ class LazySGD(torch.optim.Optimizer):
         return super().state_dict()
 
     def load_state_dict(self, state_dict) -> None:
+        # Pending updates belong to the weights as they are: fold them first, as torch's SGD
+        # would have written them already. Weights replaced since (a model loaded by foreign
+        # code) are true values themselves, and their buffers are about to be replaced.
+        for p, frame in self._frames.items():
+            if p._version == self._versions.get(p):
+                self._flush_param(p)
+            else:
+                frame.reset()
+        lazy = [g["lazy"] for g in self.param_groups]
         super().load_state_dict(state_dict)
-        for frame in self._frames.values():
-            frame.reset()  # the loaded buffers (and the model's loaded weights) are true values
+        for group, was_lazy in zip(self.param_groups, lazy):
+            group.setdefault("lazy", was_lazy)  # a torch.optim.SGD state dict has no "lazy"
+        self._state_box[0] = self.state
+        for p, frame in self._frames.items():
+            frame.reset()
+            self._versions[p] = p._version
         self._pending.clear()
 
     @torch.no_grad()
@@ -305,17 +397,22 @@ class LazySGD(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise ValueError("LazySGD takes dense gradients (its laziness comes from the patterns)")
                 frame = self._frames.get(p)
+                if frame is not None:
+                    self._check_external_write(p, frame)
                 regions = pending.get(p, set())
                 first = hyper["momentum"] != 0 and self._buffer(p) is None
                 if frame is None or not group["lazy"] or first or not regions or None in regions:
                     self._dense_step(p, hyper)
-                    continue
-                region = regions.pop() if len(regions) == 1 else DENSE
-                if self.verify:
-                    self._check_zero_outside(p, region)
-                self._region_step(p, frame, region, hyper)
-                if frame.steps >= self.window or abs(frame.det) * _MAX_GROWTH < 1.0:
-                    self._flush_param(p)
+                else:
+                    region = regions.pop() if len(regions) == 1 else DENSE
+                    if self.verify:
+                        self._check_zero_outside(p, region)
+                    self._region_step(p, frame, region, hyper)
+                    self._versions[p] = p._version
+                    if frame.steps >= self.window or abs(frame.det) * _MAX_GROWTH < 1.0:
+                        self._flush_param(p)
+                if frame is not None:
+                    self._versions[p] = p._version
         return loss
 
     def _dense_step(self, p: torch.Tensor, hyper: dict) -> None:
