@@ -28,10 +28,10 @@ Method, and why:
   while alternating every step (``--interleave step``) starts every step in the other
   model's cache footprint, which taxes the side with the smaller working set most.
   Alternating periods (well under a second each) still cancels drift of the machine.
-- Both sides run under the same glibc allocator settings: without raised
-  ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` every buffer of 32 MB or more is
-  returned to the OS each step and page-faulted back, which taxes the two sides unequally.
-  The command re-executes itself with both set when they are missing.
+- Both sides run under the same glibc allocator settings: without raised mmap and trim
+  thresholds every buffer of 32 MB or more is returned to the OS each step and
+  page-faulted back, which taxes the two sides unequally. The command raises both in
+  its own process (`ardrop.allocator`), as ``python -m ardrop.train`` does.
 - ``--optimizers sgd,fused,lazy`` adds opt-in columns: *both* sides with torch's fused SGD
   (``fused=True``), and ``ardrop.optim.LazySGD`` (the same updates, dropped rows deferred)
   on the approximate side against torch's SGD on the Bernoulli side. The ``sgd``
@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ardrop.allocator import keep_large_buffers
 
 ALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 MNIST_IN, MNIST_CLASSES = 784, 10
@@ -361,7 +363,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--denormals", choices=("flush", "keep"), default="flush",
                    help="flush (default): denormal floats become zero on both sides, as in real training's "
                         "magnitudes; keep: IEEE denormals, which the repeated fixed batch eventually produces")
-    p.add_argument("--no-reexec", action="store_true", help="do not re-run with the allocator settings")
+    p.add_argument("--default-allocator", "--no-reexec", dest="no_reexec", action="store_true",
+                   help="leave glibc's mmap/trim thresholds at their defaults (both sides alike)")
     return p
 
 
@@ -379,18 +382,6 @@ def validate(args) -> None:
             raise ValueError(f"{name} must be >= 1, got {v}")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
-
-
-def ensure_allocator_env(args, argv) -> None:
-    missing = [k for k, v in ALLOC_ENV.items() if os.environ.get(k) is None]
-    if not missing:
-        return
-    if args.no_reexec:
-        print(f"warning: {', '.join(missing)} unset; large buffers are returned to the OS every step, "
-              "timings are distorted", file=sys.stderr)
-        return
-    env = {**os.environ, **{k: ALLOC_ENV[k] for k in missing}}
-    os.execve(sys.executable, [sys.executable, "-m", "ardrop.bench", *argv], env)
 
 
 def print_table(rows) -> None:
@@ -412,7 +403,10 @@ def main(argv: list[str] | None = None) -> dict:
         from cuda_ext.bench_gpu import run_gpu_bench
 
         return run_gpu_bench(args)
-    ensure_allocator_env(args, argv)
+    allocator = keep_large_buffers() if not args.no_reexec else False
+    if not allocator:
+        print("warning: glibc's allocator thresholds are not raised; large buffers are returned to the OS every "
+              "step, timings are distorted", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.denormals == "flush" and not torch.set_flush_denormal(True):
@@ -435,7 +429,8 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(rows)
     result = {
         "config": {**vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "allocator_env": {k: os.environ.get(k) for k in ALLOC_ENV}, "native_kernels": native_kernels},
+                   "allocator_env": {k: os.environ.get(k) for k in ALLOC_ENV}, "large_buffers_kept": allocator,
+                   "native_kernels": native_kernels},
         "results": rows,
     }
     path = args.json or os.path.join("outputs", "bench", time.strftime("bench-%Y%m%d-%H%M%S.json"))

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
+from ardrop.allocator import keep_large_buffers
 from models.common import check_rates
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ def _build_all(section: DictConfig | None) -> list:
 
 
 def run(cfg: DictConfig) -> float | None:
+    keep_large_buffers()  # as MALLOC_*_THRESHOLD_ would: no page faults on every step's large buffers
     check_rates(cfg.rate)
     pl.seed_everything(cfg.seed, workers=True)
     loggers = _build_all(cfg.get("logger"))
