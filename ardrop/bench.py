@@ -363,6 +363,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--denormals", choices=("flush", "keep"), default="flush",
                    help="flush (default): denormal floats become zero on both sides, as in real training's "
                         "magnitudes; keep: IEEE denormals, which the repeated fixed batch eventually produces")
+    p.add_argument("--loop", choices=("trainer",), default=None,
+                   help="trainer: time the real Lightning loop (ardrop.train's configs, Trainer.fit) for each model, "
+                        "Bernoulli and approximate interleaved, beside the core bench (models by config name, e.g. "
+                        "mlp_2048x2048, lstm2)")
+    p.add_argument("--loop-steps", type=int, default=None, help="timed steps per fit (default 60 MLP, 20 LSTM)")
+    p.add_argument("--loop-warmup", type=int, default=5, help="untimed steps at the start of each fit")
+    p.add_argument("--override", action="append", default=None, metavar="KEY=VALUE",
+                   help="a Hydra override for both sides of --loop (repeatable), e.g. model.optimizer=lazy_sgd")
     p.add_argument("--default-allocator", "--no-reexec", dest="no_reexec", action="store_true",
                    help="leave glibc's mmap/trim thresholds at their defaults (both sides alike)")
     return p
@@ -380,6 +388,15 @@ def validate(args) -> None:
                     ("--max-dp", args.max_dp)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+    if args.loop_steps is not None and args.loop_steps < 3:
+        raise ValueError(f"--loop-steps must be >= 3, got {args.loop_steps}")
+    if args.loop_warmup < 1:
+        raise ValueError(f"--loop-warmup must be >= 1 (the first steps pay one-off costs), got {args.loop_warmup}")
+    if args.loop:
+        from ardrop.bench_loop import config_model_name
+
+        for m in args.models:
+            config_model_name(m)
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
 
@@ -416,6 +433,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     native_kernels = native.available()  # the approximate side's fused CPU passes (ARDROP_NATIVE)
     print(f"# fused CPU kernels: {'on' if native_kernels else 'off (torch path)'}", flush=True)
+    if args.loop:
+        from ardrop.bench_loop import run_loop_bench
+
+        rows = run_loop_bench(args)["results"]
+        return _write(args, rows, allocator, native_kernels, prefix="loop")
     specs = [parse_model(m, args) for m in args.models]
     rows = []
     for spec in specs:
@@ -427,13 +449,17 @@ def main(argv: list[str] | None = None) -> dict:
                     print(f"# {spec.name} {kind} {rate} {optimizer}: {r['base_ms']:.2f} -> {r['approx_ms']:.2f} ms "
                           f"(x{r['speedup']:.2f}, ideal x{r['ideal_flop_ratio']:.2f})", flush=True)
     print_table(rows)
+    return _write(args, rows, allocator, native_kernels)
+
+
+def _write(args, rows, allocator, native_kernels, prefix="bench") -> dict:
     result = {
         "config": {**vars(args), "torch": torch.__version__, "threads": torch.get_num_threads(),
                    "allocator_env": {k: os.environ.get(k) for k in ALLOC_ENV}, "large_buffers_kept": allocator,
                    "native_kernels": native_kernels},
         "results": rows,
     }
-    path = args.json or os.path.join("outputs", "bench", time.strftime("bench-%Y%m%d-%H%M%S.json"))
+    path = args.json or os.path.join("outputs", "bench", time.strftime(f"{prefix}-%Y%m%d-%H%M%S.json"))
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as fh:
         json.dump(result, fh, indent=1)

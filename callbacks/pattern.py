@@ -22,6 +22,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from ardrop.nn import PatternSite
+from callbacks._cadence import logs_this_step
 from ardrop.search import DEFAULT_MAX_DP, METHODS, resolve_max_dp, search
 from ardrop.sequence import PatternSequence, stable_seed
 
@@ -64,9 +65,11 @@ class PatternCallback(pl.Callback):
         self._restored: dict | None = None
         self._epoch_dps: dict[str, list[int]] = {}
         self._epoch_offsets: dict[str, list[int]] = {}
+        self._sites = None  # (module, its sites), cached per fit
 
     # -- planning ---------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module):
+        self._sites = None
         sites = structured_sites(pl_module)
         if self._restored is not None:
             self._restore(sites)
@@ -144,7 +147,10 @@ class PatternCallback(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = trainer.global_step
-        for name, site in pattern_sites(pl_module):  # one walk of the modules per step
+        if self._sites is None or self._sites[0] is not pl_module:  # the module walk once per fit, not per step
+            self._sites = (pl_module, pattern_sites(pl_module))
+        log_now = logs_this_step(trainer)  # Lightning's own cadence: a log call costs per call
+        for name, site in self._sites[1]:
             if site.kind == "bernoulli":  # the baseline's masks resume exactly too
                 site.set_step_seed(stable_seed("ardrop-bernoulli", self.seed, name, step))
             if not site.structured:
@@ -158,8 +164,10 @@ class PatternCallback(pl.Callback):
             acc[1] += 1
             self._epoch_dps[name].append(pattern.dp)
             self._epoch_offsets[name].append(pattern.offset)
-            pl_module.log(f"pattern/{name}/drop_rate", rate, on_step=True, on_epoch=False, batch_size=1)
-            pl_module.log(f"pattern/{name}/realized_rate", acc[0] / acc[1], on_step=True, on_epoch=False, batch_size=1)
+            if log_now:
+                pl_module.log(f"pattern/{name}/drop_rate", rate, on_step=True, on_epoch=False, batch_size=1)
+                pl_module.log(f"pattern/{name}/realized_rate", acc[0] / acc[1], on_step=True, on_epoch=False,
+                              batch_size=1)
 
     def on_train_epoch_end(self, trainer, pl_module):
         for tb in self._tensorboards(trainer):

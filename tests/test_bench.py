@@ -130,3 +130,24 @@ def test_allocator_keeps_large_buffers_in_process():
     assert proc.returncode == 0, proc.stderr
     mmapped, free_in_heap = map(int, proc.stdout.split())
     assert mmapped < (16 << 20) and free_in_heap >= (64 << 20)  # kept in the heap, not in an mmap, not trimmed
+
+
+def test_loop_bench_runs_the_real_trainer_beside_the_core(tmp_path):
+    """``--loop trainer``: both sides through Trainer.fit on the shipped configs, the core bench beside them."""
+    out = tmp_path / "loop.json"
+    proc = _run(["--loop", "trainer", "--models", "mlp1024x64", "--rates", "0.5", "--kinds", "row", "--loop-steps", "3",
+                 "--loop-warmup", "1", "--rounds", "1", "--repeats", "2", "--warmup", "1", "--threads", "1",
+                 "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loop/core" in proc.stdout
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["model"] == "mlp_1024x64" and row["kind"] == "row" and row["optimizer"] == "SGD"
+    assert len(row["per_round_s"]["bernoulli"]) == 1 and len(row["per_round_s"]["row"]) == 1
+    for key in ("loop_bern_ms", "loop_approx_ms", "core_bern_ms", "core_approx_ms"):
+        assert row[key] > 0
+    assert row["loop_over_core"] == row["loop_approx_ms"] / row["core_approx_ms"]
+
+
+def test_loop_bench_rejects_a_model_without_config():
+    proc = _run(["--loop", "trainer", "--models", "mlp77x5", "--json", os.devnull])
+    assert proc.returncode != 0 and "shipped model config" in proc.stderr
