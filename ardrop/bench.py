@@ -108,7 +108,7 @@ def parse_model(name: str, args) -> ModelSpec:
     return ModelSpec(name, "mlp", sizes=(MNIST_IN, *hidden, MNIST_CLASSES), batch=args.batch_size)
 
 
-def build_pair(spec: ModelSpec, kind: str, rate: float, tile: int):
+def build_pair(spec: ModelSpec, kind: str, rate: float, tile: int, groups="dp"):
     """(baseline, approximate) models with the same initial weights where layouts agree."""
     from ardrop.nn import ApproxLSTMLM, ApproxMLP
 
@@ -119,9 +119,9 @@ def build_pair(spec: ModelSpec, kind: str, rate: float, tile: int):
             layers.append(nn.Linear(spec.sizes[k], spec.sizes[k + 1]))
             if k < len(spec.sizes) - 2:
                 layers += [nn.ReLU(), nn.Dropout(rate)]
-        return nn.Sequential(*layers), ApproxMLP(spec.sizes, kind=kind, rates=rate, tile=tile)
+        return nn.Sequential(*layers), ApproxMLP(spec.sizes, kind=kind, rates=rate, tile=tile, groups=groups)
     base = TorchLSTMLM(spec.vocab, spec.hidden, spec.layers, rate)
-    approx = ApproxLSTMLM(spec.vocab, spec.hidden, spec.layers, kind=kind, rates=rate, tile=tile)
+    approx = ApproxLSTMLM(spec.vocab, spec.hidden, spec.layers, kind=kind, rates=rate, tile=tile, groups=groups)
     return base, approx
 
 
@@ -291,7 +291,7 @@ def summarize(per_round):
 
 
 def bench_one(spec, kind, rate, optimizer, args):
-    base, approx = build_pair(spec, kind, rate, args.tile)
+    base, approx = build_pair(spec, kind, rate, args.tile, args.groups)
     steps = args.repeats or DEFAULT_PERIOD[spec.family]
     seqs, searches = site_sequences(approx, rate, steps, args)
 
@@ -350,6 +350,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-dp", type=int, default=8, help="largest pattern N searched per site (capped by shape)")
     p.add_argument("--method", choices=("sgd", "maxent"), default="sgd", help="pattern-distribution search")
     p.add_argument("--tile", type=int, default=32)
+    p.add_argument("--groups", default="dp",
+                   help="patterns per step on the approximate side: dp (the default, one per offset) or 1 (the paper's)")
     p.add_argument("--optimizers", type=csv(str), default=["sgd"],
                    help="sgd (torch.optim.SGD on both sides, primary), fused (fused=True on both sides), "
                         "lazy (ardrop.optim.LazySGD on the approximate side, torch SGD on the Bernoulli side)")
@@ -388,6 +390,9 @@ def validate(args) -> None:
                     ("--max-dp", args.max_dp)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
+    from ardrop.nn.site import check_groups
+
+    args.groups = check_groups(int(args.groups) if str(args.groups).isdigit() else args.groups)
     if args.loop_steps is not None and args.loop_steps < 3:
         raise ValueError(f"--loop-steps must be >= 3, got {args.loop_steps}")
     if args.loop_warmup < 1:

@@ -150,6 +150,7 @@ def run_loop_bench(args) -> dict:
                     loop = {s: 1e3 * statistics.median(v[0] for v in per[s]) for s in per}
                     step = {s: 1e3 * statistics.median(v[1] for v in per[s]) for s in per}
                     optimizer = "lazy" if cfg.model.get("optimizer") == "lazy_sgd" else "sgd"
+                    args.groups = cfg.dropout.groups  # the core bench's approximate side as the loop's
                     core = bench_one(core_spec(cfg, model_name, args), kind, rate, optimizer, args)
                     rows.append({
                         "model": model_name, "kind": kind, "rate": rate, "optimizer": opt_names[kind],
