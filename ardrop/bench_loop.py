@@ -122,7 +122,10 @@ def run_loop_bench(args) -> dict:
 
     import logging
 
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):  # one table, not a banner per fit
+    import pytorch_lightning  # noqa: F401  (sets its loggers to INFO on import: import first, then quieten)
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric",
+                 "lightning_utilities"):  # one table, not a banner per fit
         logging.getLogger(name).setLevel(logging.WARNING)
     extra = list(args.override or [])
     rows = []

@@ -156,6 +156,15 @@ def load(verbose: bool = False) -> Any:
             return _STATE.module
         if _STATE.failure is not None:
             raise CudaExtUnavailable(_STATE.failure)
+        missing = [str(p) for p in (*SOURCES, *HEADERS) if not p.is_file()]
+        if missing or not HEADERS:
+            _STATE.failure = (
+                f"the ardrop CUDA extension's sources are missing ({', '.join(missing) or 'no headers in ' + str(KERNEL_DIR)}): "
+                "this install is incomplete. The layers fall back to the torch GPU path. To fix: reinstall ardrop "
+                "from a complete wheel or source tree (cuda_ext/kernels/*.cu, *.cuh, *.h must be installed), or set "
+                "ARDROP_CUDA_EXT=0 to stop trying."
+            )
+            raise CudaExtUnavailable(_STATE.failure)
         try:
             module = _build(verbose)
         except Exception as exc:  # compiler/linker errors arrive as several types

@@ -80,3 +80,23 @@ def make_schedule(optimizer, schedule: str, *, gamma: float = 1e-4, power: float
     else:
         fn, interval = (lambda ep: decay ** max(0, ep + 1 - decay_start)), "epoch"
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, fn), "interval": interval}
+
+
+class SkipsZeroGradientBlocks:
+    """LightningModule mixin: ``trainer.gradient_clip_val`` (norm) clips through `ardrop.optim.clip`.
+
+    Same result as Lightning's own clipping (``torch.nn.utils.clip_grad_norm_``), but the
+    norm and the scale read only the gradient blocks the step wrote. Value clipping and
+    anything unknown go to Lightning's ``clip_gradients``.
+    """
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        if gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            from ardrop.optim.clip import clip_grad_norm_
+
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            clip_grad_norm_(params, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
+

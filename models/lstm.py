@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from ardrop.nn import ApproxLSTMLM
-from models.common import check_optimizer, check_rates, make_schedule, make_sgd, plain
+from models.common import SkipsZeroGradientBlocks, check_optimizer, check_rates, make_schedule, make_sgd, plain
 from models.mlp import locals_hparams
 
 
@@ -23,7 +23,7 @@ def _detach(state):
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, state)
 
 
-class LSTMLanguageModel(pl.LightningModule):
+class LSTMLanguageModel(SkipsZeroGradientBlocks, pl.LightningModule):
     """Defaults follow Zaremba et al. 2014 (medium): plain SGD lr 1.0, no momentum,
     lr / 1.2 per epoch from epoch 6, gradient norm clipped at 5 (`trainer.gradient_clip_val`,
     set by the lstm model configs)."""

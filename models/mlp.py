@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from ardrop.nn import ApproxMLP
-from models.common import check_optimizer, check_rates, make_schedule, make_sgd, plain
+from models.common import SkipsZeroGradientBlocks, check_optimizer, check_rates, make_schedule, make_sgd, plain
 
 
-class MLPClassifier(pl.LightningModule):
+class MLPClassifier(SkipsZeroGradientBlocks, pl.LightningModule):
     """Defaults follow Caffe's MNIST solver, the paper's set-up: SGD lr 0.01, momentum 0.9,
     weight decay 5e-4, the `inv` policy (gamma 1e-4, power 0.75)."""
 

@@ -181,3 +181,39 @@ def test_gpu_bench_plumbing_on_cpu(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA device"):
             bench_gpu.run_gpu_bench(args)
+
+
+def test_missing_sources_are_a_clear_fallback_not_a_crash(monkeypatch, fake_cuda, no_build, tmp_path):
+    """An incomplete install (kernel sources left out of a wheel): one warning, the torch path, no FileNotFoundError."""
+    monkeypatch.setattr(loader, "SOURCES", (*loader.SOURCES, tmp_path / "kernels" / "row_linear.cu"))
+    with pytest.raises(loader.CudaExtUnavailable, match="sources are missing.*reinstall"):
+        loader.load()
+    loader._reset_for_tests()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert loader.available() is False
+        assert loader.available() is False
+    assert len([w for w in caught if "sources are missing" in str(w.message)]) == 1
+
+
+def test_wheel_carries_every_runtime_source(tmp_path):
+    """``pip wheel .`` holds every kernel, header, emulator and native C source the loaders compile."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # a clean copy: a stale build/ directory would hide missing package data
+    shutil.copytree(root, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "outputs", "data", "*.egg-info",
+                                                            "__pycache__", ".pytest_cache"))
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                           "-w", str(tmp_path), "-q"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = tmp_path.glob("ardrop-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {str(p.relative_to(root)) for p in (*loader.SOURCES, *loader.HEADERS)}
+    wanted |= {"cuda_ext/emulation/host_emulator.cpp", "ardrop/native/kernels.c"}
+    assert wanted <= names, sorted(wanted - names)

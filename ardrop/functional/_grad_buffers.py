@@ -41,7 +41,41 @@ class _Buffer:
 
 
 _BUFFERS = WeakTensorKeyDictionary()  # weight -> _Buffer
+_VIEWS: dict = {}  # zero_region function -> views(buf, key): the views that can be non-zero
 enabled = True  # module switch (tests measure against a fresh zero tensor with it off)
+
+
+def register_views(zero_region: Callable, views: Callable[[torch.Tensor, object], list]) -> None:
+    """Say which views of a buffer a region key covers (those ``zero_region`` would zero)."""
+    _VIEWS[zero_region] = views
+
+
+def written_views(grads: list) -> list:
+    """Per gradient, the views outside which it is exactly zero (``[g]`` when that is not known).
+
+    Known for ardrop's recycled buffers that were sealed by the op that wrote them and not
+    written since: a gradient norm or a clip then reads and scales only the kept block.
+    """
+    by_ptr = {rec.tensor.data_ptr(): rec for rec in _BUFFERS.values()}
+    out = []
+    for g in grads:
+        rec = by_ptr.get(g.data_ptr())
+        views = None
+        if (rec is not None and rec.region is not None and rec.version == rec.tensor._version
+                and rec.tensor.shape == g.shape and rec.tensor.stride() == g.stride()):
+            fn = _VIEWS.get(rec.region[0])
+            views = fn(g, rec.region[1]) if fn is not None else None
+        out.append([g] if views is None else [v for v in views if v is not None])
+    return out
+
+
+def reseal(grads: list) -> None:
+    """After an in-place scale of the written views only: the zeros outside are still zeros."""
+    by_ptr = {rec.tensor.data_ptr(): rec for rec in _BUFFERS.values()}
+    for g in grads:
+        rec = by_ptr.get(g.data_ptr())
+        if rec is not None and rec.region is not None and rec.version != -1:
+            rec.version = rec.tensor._version
 
 
 def _storage_count(t: torch.Tensor) -> int:

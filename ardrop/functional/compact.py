@@ -25,7 +25,7 @@ from ardrop.functional._common import (
     check_scale,
     cuda_op,
 )
-from ardrop.functional._grad_buffers import gradient_buffer, seal
+from ardrop.functional._grad_buffers import gradient_buffer, register_views, seal
 from ardrop.optim.lazy_sgd import LINE_FLOATS, before_read, rows_region
 
 
@@ -37,6 +37,9 @@ def _rows(t: torch.Tensor, dp: int, offset: int) -> torch.Tensor:
 def _zero_block_rows(buf: torch.Tensor, region) -> None:
     """Zero the rows of an earlier step's block (whole rows: strided columns touch every line anyway)."""
     _rows(buf, region[0], region[1]).zero_()
+
+
+register_views(_zero_block_rows, lambda buf, key: [_rows(buf, key[0], key[1])])
 
 
 def _rows_overwrite(dp: int, offset: int):

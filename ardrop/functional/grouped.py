@@ -87,11 +87,28 @@ def _check_call(x, weight, bias, groups) -> tuple[int, int]:
     return out_features, in_features
 
 
+def _covers(groups, out_features: int, in_features: int) -> bool:
+    """Whether the groups' distinct kept blocks tile the whole weight (then nothing needs zero-filling).
+
+    One call has one ``out_dp`` and one ``in_dp`` (one per site and step), so blocks with
+    distinct keys are disjoint and their sizes add up.
+    """
+    keys = {(g.out_dp, g.out_offset, g.in_dp, g.in_offset) for g in groups}
+    total = sum(len(range(o, out_features, od)) * len(range(i, in_features, idp)) for od, o, idp, i in keys)
+    return total == out_features * in_features
+
+
+def _scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``alpha * (a @ b)`` with the scale inside the GEMM (no second pass over the product)."""
+    return torch.mm(a, b) if alpha == 1.0 else torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=alpha)
+
+
 class _GroupedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups, relu):
         out_features = weight.shape[0]
-        y = x.new_zeros(*x.shape[:-1], out_features)
+        dense_out = all(g.out_dp == 1 for g in groups)  # every output column written: no zero fill
+        y = x.new_empty(*x.shape[:-1], out_features) if dense_out else x.new_zeros(*x.shape[:-1], out_features)
         saved, blocks = [], {}
         for g in groups:
             key = (g.out_dp, g.out_offset, g.in_dp, g.in_offset)
@@ -103,7 +120,7 @@ class _GroupedLinear(torch.autograd.Function):
             if bias is not None:
                 z = torch.addmm(bias[g.out_offset::g.out_dp], xg, wk.t(), beta=g.out_scale, alpha=alpha)
             else:
-                z = torch.mm(xg, wk.t()).mul_(alpha)
+                z = _scaled_mm(xg, wk.t(), alpha)
             if relu:
                 z.relu_()
             g.rows(y)[..., g.out_offset::g.out_dp] = z.view(*g.rows(y).shape[:-1], -1)
@@ -117,9 +134,15 @@ class _GroupedLinear(torch.autograd.Function):
         groups, relu, has_bias, x_shape, w_shape = ctx.cfg
         saved = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        gx = grad_y.new_zeros(x_shape) if need_x else None
-        gw = grad_y.new_zeros(w_shape) if need_w else None
-        gb = grad_y.new_zeros(w_shape[0]) if has_bias and need_b else None
+        dense_in = all(g.in_dp == 1 for g in groups)  # every input column written: no zero fill
+        gx = (grad_y.new_empty(x_shape) if dense_in else grad_y.new_zeros(x_shape)) if need_x else None
+        gw = gb = None
+        if need_w:  # blocks of distinct keys are disjoint: zero-fill only what none of them covers
+            gw = grad_y.new_empty(w_shape) if _covers(groups, *w_shape) else grad_y.new_zeros(w_shape)
+        if has_bias and need_b:
+            rows_covered = sum(len(range(o, w_shape[0], d)) for d, o in {(g.out_dp, g.out_offset) for g in groups})
+            gb = grad_y.new_empty(w_shape[0]) if rows_covered == w_shape[0] else grad_y.new_zeros(w_shape[0])
+        written_w, written_b = set(), set()
         for n, g in enumerate(groups):
             xg, wk, z = saved[3 * n: 3 * n + 3]
             gz = _flat(g.rows(grad_y)[..., g.out_offset::g.out_dp])
@@ -128,11 +151,23 @@ class _GroupedLinear(torch.autograd.Function):
             alpha = g.in_scale * g.out_scale
             if need_x:
                 gxg = g.rows(gx)[..., g.in_offset::g.in_dp]
-                gxg.copy_((gz @ wk).mul_(alpha).view(gxg.shape))
-            if need_w:  # blocks of distinct groups are disjoint; shared blocks accumulate
-                gw[g.out_offset::g.out_dp, g.in_offset::g.in_dp].add_(gz.t() @ xg, alpha=alpha)
+                gxg.copy_(_scaled_mm(gz, wk, alpha).view(gxg.shape))
+            if need_w:  # the first group of a block writes it, later ones (same offsets) add
+                key = (g.out_dp, g.out_offset, g.in_dp, g.in_offset)
+                dst = gw[g.out_offset::g.out_dp, g.in_offset::g.in_dp]
+                if key in written_w:
+                    dst.add_(gz.t() @ xg, alpha=alpha)
+                else:
+                    dst.copy_(_scaled_mm(gz.t(), xg, alpha))
+                    written_w.add(key)
             if gb is not None:
-                gb[g.out_offset::g.out_dp].add_(gz.sum(0), alpha=g.out_scale)
+                key = (g.out_dp, g.out_offset)
+                dst = gb[g.out_offset::g.out_dp]
+                if key in written_b:
+                    dst.add_(gz.sum(0), alpha=g.out_scale)
+                else:
+                    dst.copy_(gz.sum(0) if g.out_scale == 1.0 else gz.sum(0).mul_(g.out_scale))
+                    written_b.add(key)
         return gx, gw, gb, None, None
 
 
@@ -188,8 +223,13 @@ class _GroupedTileLinear(torch.autograd.Function):
         saved = list(ctx.saved_tensors)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx = grad_y.new_zeros(x_shape) if need_x else None
-        gw = grad_y.new_zeros(w_shape) if need_w else None
+        offsets = [g.out_offset for g in groups]
+        # Every tile lies on exactly one diagonal class: when the groups' offsets are all of
+        # one dp's, their kept tiles tile the weight and nothing needs zero-filling.
+        covered = len({g.out_dp for g in groups}) == 1 and sorted(set(offsets)) == list(range(groups[0].out_dp))
+        gw = (grad_y.new_empty(w_shape) if covered else grad_y.new_zeros(w_shape)) if need_w else None
         gb = grad_y.new_zeros(w_shape[0]) if has_bias and need_b else None
+        written = set()
         pos = 0
         for g in groups:
             dp, offset, scale = g.out_dp, g.out_offset, g.out_scale
@@ -204,15 +244,17 @@ class _GroupedTileLinear(torch.autograd.Function):
                 gzk = _gather(gz, t, k.a, dp, k.rseg)
                 if need_x:
                     _scatter(gxg, _mm(gzk, wk, scale), t, k.c, dp, k.cseg)
-                if need_w:  # tiles of distinct offsets are disjoint
+                if need_w:  # tiles of distinct offsets are disjoint: the first write copies
+                    first = offset not in written
                     for d, s in zip(_block_views(gw, t, k.a, k.c, dp, k.rseg, k.cseg),
                                     _block_views(_mm(gzk.t(), xc, scale), t, 0, 0, 1, k.rseg, k.cseg, True)):
                         if d is not None:
-                            d.add_(s)
+                            d.copy_(s) if first else d.add_(s)
             if need_x:
                 g.rows(gx).copy_(gxg.view(g.rows(gx).shape))
             if gb is not None:
                 gb.add_(gz.sum(0))
+            written.add(offset)
             pos += 2 * len(classes) + 1
         return gx, gw, gb, None, None, None
 

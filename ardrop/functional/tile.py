@@ -28,7 +28,7 @@ from ardrop.functional._common import (
     check_scale,
     cuda_op,
 )
-from ardrop.functional._grad_buffers import gradient_buffer, seal
+from ardrop.functional._grad_buffers import gradient_buffer, register_views, seal
 from ardrop.optim.lazy_sgd import DENSE, Region, before_read
 from ardrop.patterns import Pattern
 
@@ -155,6 +155,9 @@ def _zero_tiles(buf: torch.Tensor, region) -> None:
         return
     for v in tile_region(buf.shape[0], buf.shape[1], t, dp, offset).views(buf):
         v.zero_()
+
+
+register_views(_zero_tiles, lambda buf, key: tile_region(buf.shape[0], buf.shape[1], key[2], key[0], key[1]).views(buf))
 
 
 @lru_cache(maxsize=1024)
