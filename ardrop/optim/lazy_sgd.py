@@ -418,6 +418,11 @@ class LazySGD(torch.optim.Optimizer):
     def _dense_step(self, p: torch.Tensor, hyper: dict) -> None:
         self._flush_param(p)
         buf = self._buffer(p) if hyper["momentum"] != 0 else None
+        if buf is not None and native.frame_step_(p.detach(), buf, p.grad, *self._step_map(hyper)):
+            # One fused pass (weight decay, momentum and update together) instead of
+            # torch's four over weight, gradient and buffer: the same step map a region
+            # step applies, from the identity frame the flush left.
+            return
         bufs = [buf]
         torch_sgd([p], [p.grad], bufs, foreach=False, **hyper)
         if hyper["momentum"] != 0:
