@@ -132,11 +132,30 @@ class PatternCallback(pl.Callback):
                 f"checkpoint has pattern sequences for sites {sorted(saved)} but the model has {sorted(names)}; "
                 "resume with the model/dropout config the checkpoint was trained with"
             )
+        changed = []
         for name, site in sites:
             seq = PatternSequence.from_state_dict(state["sequences"][name])
             if seq.kind != site.kind:
                 raise ValueError(f"checkpoint site {name} used {seq.kind} patterns, the model now uses {site.kind}")
+            saved_res = state["results"].get(name, {})
+            now_max_dp = min(resolve_max_dp(self.max_dp, site.rate), site.max_dp)
+            for what, then, now in (
+                ("rate", saved_res.get("target"), site.rate),
+                ("search.max_dp (largest dp)", len(seq.probs), now_max_dp),
+                ("search.method", saved_res.get("method"), self.method),
+                ("seed", seq.seed, self.seed),
+                ("dropout.tile", seq.tile if site.kind == "tile" else None, site.tile if site.kind == "tile" else None),
+            ):
+                same = (abs(then - now) <= 1e-12) if isinstance(then, float) and isinstance(now, float) else then == now
+                if then is not None and not same:
+                    changed.append(f"{name}: {what} was {then}, now {now}")
             self.sequences[name] = seq
+        if changed:
+            raise ValueError(
+                "the checkpoint's dropout plan differs from this config, and a resume continues the checkpoint's "
+                "pattern sequence:\n  " + "\n  ".join(changed) + "\nResume with the checkpoint's settings, or "
+                "start a new run (without ckpt_path) to train with the new ones."
+            )
         self.results = dict(state["results"])
         self.realized = {k: list(v) for k, v in state["realized"].items()}
 

@@ -42,7 +42,7 @@ class LSTMLanguageModel(SkipsZeroGradientBlocks, pl.LightningModule):
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         nesterov: bool = False,
-        optimizer: str = "sgd",
+        optimizer: str = "lazy_sgd",
         schedule: str = "step",
         decay: float = 1 / 1.2,
         decay_start: int = 6,

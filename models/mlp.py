@@ -29,7 +29,7 @@ class MLPClassifier(SkipsZeroGradientBlocks, pl.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         nesterov: bool = False,
-        optimizer: str = "sgd",
+        optimizer: str = "lazy_sgd",
         schedule: str = "inv",
         gamma: float = 1e-4,
         power: float = 0.75,

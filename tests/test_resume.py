@@ -68,6 +68,18 @@ def test_resume_rejects_a_different_model(synth_data, tmp_path):
         run(cfg)
 
 
+@pytest.mark.parametrize("change, match", [("rate=0.3", "rate was 0.5, now 0.3"),
+                                           ("search.max_dp=4", r"search.max_dp \(largest dp\) was 8, now 4"),
+                                           ("seed=5", "seed was 0, now 5")])
+def test_resume_rejects_a_changed_plan(synth_data, tmp_path, change, match):
+    """A resume continues the checkpoint's sequence: a changed rate, max_dp or seed is an error, not ignored."""
+    run(_cfg(synth_data, tmp_path / "a", tmp_path / "pa", ["trainer.max_epochs=1", "rate=0.5"]))
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    cfg = _cfg(synth_data, tmp_path / "b", tmp_path / "pb", [f"ckpt_path={ckpt}", "rate=0.5", change])
+    with pytest.raises(ValueError, match=match):
+        run(cfg)
+
+
 def test_callback_state_roundtrip(synth_data, tmp_path):
     """PatternCallback.state_dict -> load_state_dict restores the same sequences."""
     cfg = _cfg(synth_data, tmp_path / "s", tmp_path / "ps", ["trainer.max_epochs=1"])
