@@ -89,3 +89,36 @@ def cuda_op(name: str, x: torch.Tensor, backend: str):
     from cuda_ext import functions
 
     return getattr(functions, name)
+
+
+_AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)  # float64 stays as it is, as in torch.autocast
+
+
+def autocast_linear(fn):
+    """Give a linear op ``fn(x, weight, bias, ...)`` torch.autocast's rules for ``F.linear``.
+
+    Under autocast, floating inputs, weight and bias are cast to the autocast dtype and
+    the op runs with autocast off inside, so its GEMMs see one dtype (the BLAS accumulates
+    in fp32) and ``check_linear_args`` sees matching operands. The casts are ordinary
+    autograd ops: each parameter's gradient comes back in its own dtype. A `LazySGD`'s
+    pending update is folded in first, since the cast reads the stored values.
+    """
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(x, weight, bias=None, *args, **kwargs):
+        device = x.device.type
+        if not (isinstance(x, torch.Tensor) and torch.is_autocast_enabled(device)):
+            return fn(x, weight, bias, *args, **kwargs)
+        dtype = torch.get_autocast_dtype(device)
+        from ardrop.optim.lazy_sgd import flush_params
+
+        flush_params(weight, bias)
+
+        def cast(t):
+            return t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _AUTOCAST_CASTS else t
+
+        with torch.autocast(device, enabled=False):
+            return fn(cast(x), cast(weight), cast(bias), *args, **kwargs)
+
+    return wrapper

@@ -19,6 +19,7 @@ import torch
 
 from ardrop import native
 from ardrop.functional._common import (
+    autocast_linear,
     check_backend,
     check_linear_args,
     check_pattern,
@@ -123,6 +124,7 @@ class _CompactLinear(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None, None, None, None, None
 
 
+@autocast_linear
 def compact_linear(
     x: torch.Tensor,
     weight: torch.Tensor,

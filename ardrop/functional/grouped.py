@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ardrop.functional._common import check_linear_args, check_pattern, check_scale
+from ardrop.functional._common import autocast_linear, check_linear_args, check_pattern, check_scale
 from ardrop.functional.tile import _block_views, _classes, _copy_blocks, _gather, _mm, _scatter
 from ardrop.optim.lazy_sgd import flush_params
 from ardrop.patterns import Pattern
@@ -171,6 +171,7 @@ class _GroupedLinear(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
+@autocast_linear
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups, relu: bool = False):
     """Row patterns, one per group: ``y[G] = act(in_scale * x[G][..., I] @ W[O][:, I].T + b[O]) * out_scale``.
 
@@ -259,6 +260,7 @@ class _GroupedTileLinear(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
+@autocast_linear
 def grouped_tile_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups, tile: int = 32,
                         relu: bool = False):
     """Tile patterns, one per group: ``y[G] = act(x[G] @ (scale * W * M_G).T + b)``.

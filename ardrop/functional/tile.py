@@ -22,6 +22,7 @@ import torch
 
 from ardrop import native
 from ardrop.functional._common import (
+    autocast_linear,
     check_backend,
     check_int,
     check_linear_args,
@@ -230,6 +231,7 @@ class _TileLinear(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None, None, None
 
 
+@autocast_linear
 def tile_linear(
     x: torch.Tensor,
     weight: torch.Tensor,

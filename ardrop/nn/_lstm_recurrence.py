@@ -18,10 +18,33 @@ weights, so the same parameters work with all three.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import _VF
 
 
+def fp32_under_autocast(fn):
+    """Run a recurrence in fp32 with autocast off when autocast is on (inputs and outputs fp32).
+
+    Why: torch's own fused LSTM cannot run under CPU bf16 autocast (oneDNN finds no
+    primitive, for a stock ``nn.LSTM`` too), and the recurrence carries state across
+    every time step, where low precision compounds: autocast keeps such reductions in fp32.
+    The projections around it still run in the autocast dtype.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args):
+        device = next(a for a in args if isinstance(a, torch.Tensor)).device.type
+        if not torch.is_autocast_enabled(device):
+            return fn(*args)
+        with torch.autocast(device, enabled=False):
+            return fn(*[a.float() if isinstance(a, torch.Tensor) and a.dtype in (torch.float16, torch.bfloat16)
+                        else a for a in args])
+
+    return wrapper
+
+
+@fp32_under_autocast
 def lstm_layer_fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """One layer through torch's fused LSTM. ``x [T, B, in]``, ``h0/c0 [B, H]``."""
     out, h_n, c_n = _VF.lstm(
@@ -96,6 +119,7 @@ class _LSTMFromGates(torch.autograd.Function):
         return d_gates, dh, dc, d_w, d_b
 
 
+@fp32_under_autocast
 def lstm_from_gates(gx, h0, c0, w_hh, b_hh):
     """Recurrence over precomputed input gates ``gx [T, B, 4H]`` -> ``(out, h_n, c_n)``."""
     return _LSTMFromGates.apply(gx, h0, c0, w_hh, b_hh)
