@@ -181,8 +181,9 @@ class PatternCallback(pl.Callback):
             acc = self.realized[name]
             acc[0] += rate
             acc[1] += 1
-            self._epoch_dps[name].append(pattern.dp)
-            self._epoch_offsets[name].append(pattern.offset)
+            # (setdefault: a mid-epoch resume starts here without on_train_epoch_start)
+            self._epoch_dps.setdefault(name, []).append(pattern.dp)
+            self._epoch_offsets.setdefault(name, []).append(pattern.offset)
             if log_now:
                 pl_module.log(f"pattern/{name}/drop_rate", rate, on_step=True, on_epoch=False, batch_size=1)
                 pl_module.log(f"pattern/{name}/realized_rate", acc[0] / acc[1], on_step=True, on_epoch=False,

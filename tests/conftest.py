@@ -110,6 +110,7 @@ class PatternProbe:
             def __init__(self):
                 self.path = Path(path)
                 self.steps: list[tuple[int, tuple]] = []
+                self.batches: list[tuple[int, float, float]] = []  # (step, input sum, target sum): the data order
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 pats = tuple(
@@ -118,11 +119,12 @@ class PatternProbe:
                     if isinstance(m, PatternSite) and m.structured
                 )
                 self.steps.append((trainer.global_step, pats))
+                self.batches.append((trainer.global_step, float(batch[0].double().sum()), float(batch[1].double().sum())))
 
             def on_fit_end(self, trainer, pl_module):
                 self.path.mkdir(parents=True, exist_ok=True)
                 weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-                torch.save({"steps": self.steps, "weights": weights},
+                torch.save({"steps": self.steps, "batches": self.batches, "weights": weights},
                            self.path / f"rank{trainer.global_rank}.pt")
 
         return _Probe()

@@ -91,3 +91,49 @@ def test_callback_state_roundtrip(synth_data, tmp_path):
     assert cb._restored["sequences"].keys() == pstate["sequences"].keys()
     for name, seq in pstate["sequences"].items():
         assert seq["total_steps"] == 4 and seq["position"] == 4
+
+
+class KillAtStep(pl.Callback):
+    """A job killed hard (SIGKILL: no clean shutdown, no final checkpoint) at a training step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("model, dropout, limit, kill_at", [("mlp_1024x64", "row", 8, 13), ("lstm2", "tile", 6, 10)])
+def test_a_killed_run_resumes_mid_epoch_bit_exact(synth_data, tmp_path, model, dropout, limit, kill_at):
+    """Step-interval checkpoints inside the epoch; the process is killed after one; the resumed
+    run continues data order, patterns, optimiser and LSTM state, and ends with the same weights."""
+    from conftest import run_cli
+
+    def args(out, probe, extra=()):
+        return small_overrides(synth_data, out, model, dropout) + [
+            "trainer.max_epochs=2", f"trainer.limit_train_batches={limit}", "logger=none", "test=false",
+            "callbacks.interval_checkpoint.train_time_interval=null",
+            "callbacks.interval_checkpoint.every_n_train_steps=4",
+            "+callbacks.probe._target_=conftest.PatternProbe", f"+callbacks.probe.path={probe}", *extra]
+
+    full = run_cli(args(tmp_path / "full", tmp_path / "p_full"), cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = run_cli(args(tmp_path / "cut", tmp_path / "p_cut",
+                          ["+callbacks.kill._target_=test_resume.KillAtStep", f"+callbacks.kill.step={kill_at}"]),
+                     cwd=tmp_path)
+    assert killed.returncode != 0  # really killed
+    ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["global_step"] == 4 * (kill_at // 4) and saved["global_step"] % limit != 0  # inside an epoch
+    resumed = run_cli(args(tmp_path / "resumed", tmp_path / "p_resumed", [f"ckpt_path={ckpt}"]), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = torch.load(tmp_path / "p_full" / "rank0.pt")
+    got = torch.load(tmp_path / "p_resumed" / "rank0.pt")
+    assert got["steps"] == want["steps"][saved["global_step"]:]  # the same patterns at the same steps
+    assert got["batches"] == want["batches"][saved["global_step"]:]  # the same data in the same order
+    for name, w in want["weights"].items():
+        assert torch.equal(w, got["weights"][name]), name

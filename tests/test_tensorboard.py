@@ -30,5 +30,5 @@ def test_tensorboard_scalars_and_histograms(synth_data, tmp_path):
         realized = acc.Scalars(f"pattern/{s}/realized_rate")
         assert 0.0 <= realized[-1].value < 1.0
     for key in ("train_loss_step", "train_loss_epoch", "val_acc", "val_loss", "test_acc", "time/step_ms",
-                "time/samples_per_s", "time/epoch_s", "lr-SGD"):
+                "time/samples_per_s", "time/epoch_s", "lr-LazySGD"):
         assert key in scalars, key
