@@ -128,44 +128,56 @@ def test_dropped_weights_get_exactly_zero_grad(kind):
 
 
 @pytest.mark.parametrize("kind", ["row", "tile"])
-def test_grouped_time_steps_use_offsets_in_turn(kind):
-    """groups="dp": time step t uses offset (offset + t mod dp) mod dp. Checked against torch.nn
-    with explicit per-step masks written here, not the model's own group code."""
+@pytest.mark.parametrize("groups", [1, "dp"])
+def test_matches_an_independent_dense_lstm_with_explicit_masks(kind, groups):
+    """Outputs and every gradient against a per-time-step LSTM written here from the
+    equations, with the masks built here: it shares no code with the model's `_layer`,
+    `_decode` or group code. groups=1: every time step uses the step's offset; groups="dp":
+    time step t uses offset (offset + t mod dp) mod dp."""
     torch.manual_seed(4)
-    hidden, tile, dp, off, steps = 10, 2, 3, 2, 7
-    model = ApproxLSTMLM(V, hidden, 2, kind=kind, rates=0.5, tile=tile).double()
-    _set(model, [Pattern(kind, dp, off, tile)] * 3)
+    hidden, tile, steps = 10, 2, 7
+    site_patterns = [(3, 2), (2, 1), (3, 0)]  # distinct per site: a site wired to the wrong layer shows
+    model = ApproxLSTMLM(V, hidden, 2, kind=kind, rates=0.5, tile=tile, groups=groups).double()
+    _set(model, [Pattern(kind, dp, off, tile) for dp, off in site_patterns])
     tokens = torch.randint(0, V, (steps, 2))
     logits, _ = model(tokens)
-    lstm = _dense_torch_lm(model).double()
-    x = model.encoder(tokens).detach()
-    ws = [layer.weight_ih for layer in model.layers] + [model.decoder.weight]
+    weight = torch.linspace(-1, 1, V, dtype=torch.double)
+    (logits * weight).sum().backward()
+
+    names = [n for n, _ in model.named_parameters()]
+    params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    x = params["encoder.weight"][tokens]
     h = [torch.zeros(2, hidden, dtype=torch.double) for _ in range(2)]
     c = [torch.zeros(2, hidden, dtype=torch.double) for _ in range(2)]
     expected = []
-    with torch.no_grad():
-        for t in range(steps):
-            o = (off + t) % dp
-            v = x[t]
-            for k in range(3):
-                w = ws[k]
-                if kind == "row":
-                    keep = torch.tensor([j % dp == o for j in range(hidden)], dtype=torch.double)
-                    proj = (v * keep * (hidden / keep.sum())) @ w.t()
-                else:
-                    keep = torch.tensor([[((i // tile) + (j // tile)) % dp == o for j in range(w.shape[1])]
-                                         for i in range(w.shape[0])], dtype=torch.double)
-                    proj = v @ (w * keep * (keep.numel() / keep.sum())).t()
-                if k == 2:
-                    expected.append(proj + model.decoder.bias)
-                    break
-                z = proj + getattr(lstm, f"bias_ih_l{k}") + h[k] @ getattr(lstm, f"weight_hh_l{k}").t() \
-                    + getattr(lstm, f"bias_hh_l{k}")
-                i, f, g, o_ = z.chunk(4, 1)
-                c[k] = torch.sigmoid(f) * c[k] + torch.sigmoid(i) * torch.tanh(g)
-                h[k] = torch.sigmoid(o_) * torch.tanh(c[k])
-                v = h[k]
-    assert _rel(logits.detach(), torch.stack(expected)) < 1e-12
+    for t in range(steps):
+        v = x[t]
+        for k in range(3):
+            dp, off = site_patterns[k]
+            o = (off + t) % dp if groups == "dp" else off
+            w = params[f"layers.{k}.weight_ih"] if k < 2 else params["decoder.weight"]
+            if kind == "row":
+                keep = torch.tensor([j % dp == o for j in range(hidden)], dtype=torch.double)
+                proj = (v * keep * (hidden / keep.sum())) @ w.t()
+            else:
+                keep = torch.tensor([[((i // tile) + (j // tile)) % dp == o for j in range(w.shape[1])]
+                                     for i in range(w.shape[0])], dtype=torch.double)
+                proj = v @ (w * keep * (keep.numel() / keep.sum())).t()
+            if k == 2:
+                expected.append(proj + params["decoder.bias"])
+                break
+            z = proj + params[f"layers.{k}.bias_ih"] + h[k] @ params[f"layers.{k}.weight_hh"].t() \
+                + params[f"layers.{k}.bias_hh"]
+            i, f, g, o_ = z.chunk(4, 1)
+            c[k] = torch.sigmoid(f) * c[k] + torch.sigmoid(i) * torch.tanh(g)
+            h[k] = torch.sigmoid(o_) * torch.tanh(c[k])
+            v = h[k]
+    expected = torch.stack(expected)
+    (expected * weight).sum().backward()
+    assert _rel(logits.detach(), expected.detach()) < 1e-12
+    for n, p in model.named_parameters():
+        assert _rel(p.grad, params[n].grad) < 1e-10, n
+    assert names  # (every parameter above was compared)
 
 
 def _dense_torch_lm(model: ApproxLSTMLM):
