@@ -100,3 +100,30 @@ def test_unknown_optimizer_is_a_clear_error(synth_data, tmp_path):
     with pytest.raises(Exception, match="unknown optimizer 'adam': set model.optimizer"):  # via instantiate
         run(cfg)
     assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_submitit_local_sweep_runs_two_jobs(synth_data, tmp_path):
+    """Hydra's submitit launcher (the cluster path) with its local executor: a 2-job sweep end to end."""
+    from conftest import run_cli
+
+    sweep = tmp_path / "sweep"
+    args = [a for a in small_overrides(synth_data, tmp_path / "unused") if not a.startswith("output_dir=")]
+    proc = run_cli(["-m", "hydra/launcher=local", "experiment=smoke", "logger=csv", "rate=0.3,0.5",
+                    f"hydra.sweep.dir={sweep}", *args], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file(), sorted(p.name for p in sweep.iterdir())
+    assert (sweep / ".submitit").is_dir()  # really went through submitit
+
+
+def test_slurm_launcher_config_composes():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.timeout_min == 240
