@@ -91,6 +91,18 @@ def cuda_op(name: str, x: torch.Tensor, backend: str):
     return getattr(functions, name)
 
 
+def kernels_win(op, torch_op, key: tuple, x, weight, bias, *args) -> bool:
+    """Whether this call should take the CUDA kernels: ``require`` says yes, ``auto`` measures
+    each case once (`cuda_ext.autotune`) against ``torch_op`` with the same arguments."""
+    from cuda_ext import autotune, loader
+
+    def make_runs():
+        return (autotune.forward_backward(op, x, weight, bias, *args),
+                autotune.forward_backward(torch_op, x, weight, bias, *args))
+
+    return autotune.AUTOTUNE.choose(key, make_runs, loader.env_mode()) == autotune.KERNELS
+
+
 _AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)  # float64 stays as it is, as in torch.autocast
 
 

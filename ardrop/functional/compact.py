@@ -25,6 +25,7 @@ from ardrop.functional._common import (
     check_pattern,
     check_scale,
     cuda_op,
+    kernels_win,
 )
 from ardrop.functional._grad_buffers import gradient_buffer, register_views, seal
 from ardrop.optim.lazy_sgd import LINE_FLOATS, before_read, rows_region
@@ -124,6 +125,12 @@ class _CompactLinear(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None, None, None, None, None
 
 
+def _torch_compact(x2, weight, bias, out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu):
+    """The torch path on its own (no LazySGD involved): the autotuner's other side."""
+    return _CompactLinear.apply(x2, weight, bias, out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu,
+                                None, None)
+
+
 @autocast_linear
 def compact_linear(
     x: torch.Tensor,
@@ -163,6 +170,11 @@ def compact_linear(
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n_in)
     op = cuda_op("compact_linear_cuda", x, backend)
+    if op is not None:
+        args = (out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu)
+        key = ("compact", tuple(x2.shape), tuple(weight.shape), x2.dtype, str(x2.device), bias is not None, *args)
+        if not kernels_win(op, _torch_compact, key, x2, weight, bias, *args):
+            op = None
     if op is not None:  # the kernels read stored weights: a LazySGD keeps them current (dense steps)
         before_read(weight, None)
         before_read(bias, None)

@@ -28,6 +28,7 @@ from ardrop.functional._common import (
     check_linear_args,
     check_scale,
     cuda_op,
+    kernels_win,
 )
 from ardrop.functional._grad_buffers import gradient_buffer, register_views, seal
 from ardrop.optim.lazy_sgd import DENSE, Region, before_read
@@ -231,6 +232,11 @@ class _TileLinear(torch.autograd.Function):
         return gx, gw, gb, None, None, None, None, None, None, None
 
 
+def _torch_tile(x2, weight, bias, dp, offset, tile, scale, relu):
+    """The torch path on its own (no LazySGD involved): the autotuner's other side."""
+    return _TileLinear.apply(x2, weight, bias, dp, offset, tile, scale, relu, None, None)
+
+
 @autocast_linear
 def tile_linear(
     x: torch.Tensor,
@@ -270,6 +276,11 @@ def tile_linear(
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_features)
     op = cuda_op("tile_linear_cuda", x, backend)
+    if op is not None:
+        args = (dp, offset, tile, scale, relu)
+        key = ("tile", tuple(x2.shape), tuple(weight.shape), x2.dtype, str(x2.device), bias is not None, *args)
+        if not kernels_win(op, _torch_tile, key, x2, weight, bias, *args):
+            op = None
     if op is not None:  # the kernels read stored weights: a LazySGD keeps them current (dense steps)
         before_read(weight, None)
         before_read(bias, None)
