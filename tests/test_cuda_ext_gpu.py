@@ -326,3 +326,22 @@ def test_public_entry_points_use_kernels(cuda_ext_module):
     check("y", y.detach(), (x.double() @ w.detach().double()[0::2].T).cpu(), FP32_TOL)
     y = cuda_ext.tile_linear_cuda(x, w, None, 1, 0, 32, 1.0)
     check("y", y.detach(), (x.double() @ w.detach().double().T).cpu(), FP32_TOL)
+
+
+@gpu
+def test_auto_mode_measures_each_case_once(cuda_ext_module, monkeypatch):
+    """On a GPU, compact_linear times kernels vs torch for a new case and reuses the verdict."""
+    from ardrop.functional import compact_linear
+    from cuda_ext import autotune
+
+    monkeypatch.setenv("ARDROP_CUDA_EXT", "auto")
+    tuner = autotune.Autotune()
+    monkeypatch.setattr(autotune, "AUTOTUNE", tuner)
+    x = torch.randn(64, 256, device="cuda")
+    w = torch.randn(512, 256, device="cuda", requires_grad=True)
+    for _ in range(3):
+        compact_linear(x, w, None, 2, 1).sum().backward()
+    assert len(tuner.choices) == 1 and len(tuner.timings) == 1
+    (t_kernels, t_torch), = tuner.timings.values()
+    assert t_kernels > 0 and t_torch > 0
+    print(f"autotune compact 64x256->512 dp2: kernels {t_kernels:.3f} ms, torch {t_torch:.3f} ms")
