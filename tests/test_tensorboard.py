@@ -32,3 +32,23 @@ def test_tensorboard_scalars_and_histograms(synth_data, tmp_path):
     for key in ("train_loss_step", "train_loss_epoch", "val_acc", "val_loss", "test_acc", "time/step_ms",
                 "time/samples_per_s", "time/epoch_s", "lr-LazySGD"):
         assert key in scalars, key
+
+
+def test_site_diagnostics_log_norms_against_dp(synth_data, tmp_path):
+    """The opt-in diagnostics callback: per-site dp, weight-gradient norm and the clip ratio, for both families."""
+    for model, dropout in (("mlp_1024x64", "tile"), ("lstm2", "row")):
+        out = tmp_path / model
+        cfg = compose_cfg(small_overrides(synth_data, out, model, dropout)
+                          + ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "logger=tensorboard",
+                             "test=false", "+callbacks.diagnostics._target_=callbacks.SiteDiagnostics"])
+        run(cfg)
+        acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+        acc.Reload()
+        scalars = set(acc.Tags()["scalars"])
+        assert "diag/grad_norm" in scalars and "diag/grad_norm_over_clip" in scalars, model
+        sites = {t.split("/")[1] for t in scalars if t.startswith("diag/") and t.endswith("/dp")}
+        assert len(sites) == (2 if model.startswith("mlp") else 3), sites
+        for s in sites:
+            assert f"diag/{s}/weight_grad_norm" in scalars
+            dps = [e.value for e in acc.Scalars(f"diag/{s}/dp")]
+            assert all(v >= 1 for v in dps) and len(dps) == 4
