@@ -167,24 +167,12 @@ def make_step(model: nn.Module, spec: ModelSpec, batch, optimizer: str):
 
 
 # ---- patterns and the FLOP ideal ------------------------------------------------------
-def structured_sites(model: nn.Module):
-    from ardrop.nn import PatternSite
-
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, PatternSite) and m.structured]
-
-
 def site_sequences(model, rate, steps, args):
-    """One searched distribution and one pattern sequence per site (SPEC section 1)."""
-    from ardrop.search import search
-    from ardrop.sequence import PatternSequence
+    """One searched distribution and one pattern sequence per site (SPEC section 1), via `ardrop.planning.plan`."""
+    from ardrop.planning import plan
 
-    seqs, searches = [], {}
-    for name, site in structured_sites(model):
-        max_dp = min(args.max_dp, site.max_dp)
-        res = search(rate, max_dp, method=args.method)
-        searches[name] = {**res.as_dict(), "max_dp": max_dp}
-        seqs.append((site, PatternSequence(res.probs, steps, seed=args.seed, site=name, kind=site.kind, tile=site.tile)))
-    return seqs, searches
+    made = plan(model, steps, args.seed, {"method": args.method, "max_dp": args.max_dp}, rate=rate)
+    return [(site, made.sequences[name]) for name, site in made.sites], made.results
 
 
 def gemm_flops(spec: ModelSpec, kind: str, patterns, tile: int) -> float:
@@ -308,10 +296,7 @@ def bench_one(spec, kind, rate, optimizer, args):
     approx_mean, approx_med = summarize(times["approx"])
     dense = gemm_flops(spec, kind, [None] * len(seqs), args.tile)
     approx_flops = statistics.fmean(gemm_flops(spec, kind, [seq[s] for _, seq in seqs], args.tile) for s in range(steps))
-    realised = {
-        name: 1.0 - statistics.fmean(1.0 / seq[s].dp for s in range(steps))
-        for (name, _), (_, seq) in zip(structured_sites(approx), seqs)
-    }
+    realised = {seq.site: 1.0 - statistics.fmean(1.0 / seq[s].dp for s in range(steps)) for _, seq in seqs}
     return {
         "model": spec.name, "kind": kind, "rate": rate, "optimizer": optimizer,
         "batch": spec.batch, "sizes": list(spec.sizes) if spec.family == "mlp" else None,

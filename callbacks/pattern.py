@@ -21,18 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
-from ardrop.nn import PatternSite
-from callbacks._cadence import logs_this_step
-from ardrop.search import DEFAULT_MAX_DP, METHODS, resolve_max_dp, search
+from ardrop.planning import pattern_sites, plan, structured_sites
+from ardrop.search import DEFAULT_MAX_DP, METHODS, resolve_max_dp
 from ardrop.sequence import PatternSequence, stable_seed
-
-
-def pattern_sites(module: torch.nn.Module) -> list[tuple[str, PatternSite]]:
-    return [(n, m) for n, m in module.named_modules() if isinstance(m, PatternSite)]
-
-
-def structured_sites(module: torch.nn.Module) -> list[tuple[str, PatternSite]]:
-    return [(n, m) for n, m in pattern_sites(module) if m.structured]
+from callbacks._cadence import logs_this_step
 
 
 class PatternCallback(pl.Callback):
@@ -79,21 +71,9 @@ class PatternCallback(pl.Callback):
                 raise ValueError(
                     f"cannot plan a pattern sequence over {total} steps: set trainer.max_epochs or trainer.max_steps"
                 )
-            for name, site in sites:
-                max_dp = min(resolve_max_dp(self.max_dp, site.rate), site.max_dp)
-                try:
-                    res = search(site.rate, max_dp, method=self.method, **self.hyper)
-                except ValueError as err:
-                    raise ValueError(
-                        f"dropout site {name}: {err} (search.max_dp={self.max_dp}; this site's shape allows "
-                        f"dp <= {site.max_dp}{f' with tile {site.tile}' if site.kind == 'tile' else ''}); "
-                        "lower the rate, or raise search.max_dp / lower dropout.tile"
-                    ) from None
-                self.results[name] = res.as_dict()
-                self.sequences[name] = PatternSequence(
-                    res.probs, total_steps=int(total), seed=self.seed, site=name, kind=site.kind, tile=site.tile
-                )
-                self.realized[name] = [0.0, 0]
+            made = plan(pl_module, int(total), self.seed, {"method": self.method, "max_dp": self.max_dp, **self.hyper})
+            self.sequences, self.results = made.sequences, made.results
+            self.realized = {name: [0.0, 0] for name in made.sequences}
         self._log_distributions(trainer)
         rank_zero_info(self.plan_summary(trainer, pl_module))
 
