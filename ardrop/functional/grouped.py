@@ -23,7 +23,9 @@ Semantics per element are those of the single-pattern ops (masked references in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -260,6 +262,103 @@ class _GroupedTileLinear(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
+@lru_cache(maxsize=256)
+def _pair_index(dp: int, offsets: tuple) -> tuple:
+    """Per (tile-row class a, group g) pair: a, g, and the tile-column class c = (offset_g - a) mod dp."""
+    count = len(offsets)
+    a = torch.arange(dp).repeat_interleave(count)
+    g = torch.arange(count).repeat(dp)
+    c = (torch.tensor(offsets)[g] - a) % dp
+    every_tile = len(set(offsets)) == dp  # each (a, c) pair once: the weight gradient is a permutation
+    return a, g, c, every_tile
+
+
+def _pad_to(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    if t.shape == (rows, cols):
+        return t
+    out = t.new_zeros(rows, cols)
+    out[: t.shape[0], : t.shape[1]] = t
+    return out
+
+
+class _GroupedTileBatched(torch.autograd.Function):
+    """All groups' kept tiles in one batched GEMM: one problem per (tile-row class, group) pair.
+
+    Why: group ``g`` multiplies tile-row class ``a`` of the weight only by its tile-column
+    class ``c = (offset_g - a) mod dp``, a dense ``(rows of a) x (columns of c)`` block. The
+    weight and input are zero-padded to whole ``tile * dp`` blocks, so every class has the
+    same size and all ``dp * G`` blocks are one strided gather each of ``W`` and ``x``, one
+    ``bmm``, and one scatter, instead of ``dp * G`` gathers, GEMMs and scatters from Python.
+    The padded zeros add nothing, and padded outputs are cut off. Only kept tiles are multiplied.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, dp, offsets, scales, t, relu):
+        count, n, n_out, n_in = len(offsets), x.shape[0], weight.shape[0], weight.shape[1]
+        rest = x.shape[1:-1]
+        r = math.prod(rest)
+        blk = t * dp
+        mo, m = -(-n_out // blk), -(-n_in // blk)
+        nq = -(-n // count)
+        a, g, c, every_tile = _pair_index(dp, offsets)
+        pairs = a.numel()
+        xp = x.new_zeros(nq * count, r, m * blk)
+        xp[:n, :, :n_in] = x.reshape(n, r, n_in)
+        x_sel = xp.view(nq, count, r, m, dp, t)[:, g, :, :, c, :].reshape(pairs, nq * r, m * t)
+        w_sel = _pad_to(weight, mo * blk, m * blk).view(mo, dp, t, m, dp, t)[:, a, :, :, c, :]
+        w_sel = w_sel.reshape(pairs, mo * t, m * t)
+        scale = x.new_tensor(scales)[g].view(pairs, 1, 1)
+        z = torch.bmm(x_sel, w_sel.transpose(1, 2)).mul_(scale)
+        yp = x.new_empty(nq, count, r, mo, dp, t)  # every (group, row class) pair is written
+        yp[:, g, :, :, a, :] = z.view(pairs, nq, r, mo, t)
+        y = yp.view(nq * count, r, mo * blk)[:n, :, :n_out]
+        y = y + bias if bias is not None else y.clone()
+        if relu:
+            y.relu_()
+        y = y.reshape(*x.shape[:-1], n_out)
+        ctx.save_for_backward(x_sel, w_sel, scale, y if relu else None)
+        ctx.cfg = (dp, offsets, t, relu, bias is not None, tuple(x.shape), tuple(weight.shape), every_tile)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x_sel, w_sel, scale, y = ctx.saved_tensors
+        dp, offsets, t, relu, has_bias, x_shape, (n_out, n_in), every_tile = ctx.cfg
+        count, n = len(offsets), x_shape[0]
+        r = math.prod(x_shape[1:-1])
+        blk = t * dp
+        mo, m = -(-n_out // blk), -(-n_in // blk)
+        nq = -(-n // count)
+        a, g, c, _ = _pair_index(dp, offsets)
+        pairs = a.numel()
+        gz = torch.ops.aten.threshold_backward(grad_y, y, 0) if relu else grad_y
+        gzp = gz.new_zeros(nq * count, r, mo * blk)
+        gzp[:n, :, :n_out] = gz.reshape(n, r, n_out)
+        gz_sel = gzp.view(nq, count, r, mo, dp, t)[:, g, :, :, a, :].reshape(pairs, nq * r, mo * t).mul_(scale)
+        gx = gw = gb = None
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if need_x:  # group g's input class c meets exactly one row class: a permutation, no sums
+            gxp = gz.new_empty(nq, count, r, m, dp, t)
+            gxp[:, g, :, :, c, :] = torch.bmm(gz_sel, w_sel).view(pairs, nq, r, m, t)
+            gx = gxp.view(nq * count, r, m * blk)[:n, :, :n_in].reshape(x_shape)
+        if need_w:
+            gwp = (gz.new_empty if every_tile else gz.new_zeros)(mo, dp, t, m, dp, t)
+            gwp[:, a, :, :, c, :] = torch.bmm(gz_sel.transpose(1, 2), x_sel).view(pairs, mo, t, m, t)
+            gw = gwp.view(mo * blk, m * blk)[:n_out, :n_in]
+            gw = gw if gw.is_contiguous() else gw.contiguous()
+        if has_bias and need_b:
+            gb = gz.reshape(-1, n_out).sum(0)
+        return gx, gw, gb, None, None, None, None, None
+
+
+def _batched_layout(groups) -> bool:
+    """The models' layout: groups ``g::G`` for g = 0..G-1, one dp, distinct offsets."""
+    count = len(groups)
+    return (all(gr.start == k and gr.stride == count for k, gr in enumerate(groups))
+            and len({gr.out_dp for gr in groups}) == 1
+            and len({gr.out_offset for gr in groups}) == count)
+
+
 @autocast_linear
 def grouped_tile_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups, tile: int = 32,
                         relu: bool = False):
@@ -277,4 +376,7 @@ def grouped_tile_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
             raise ValueError(f"tile pattern dp={g.out_dp} exceeds {max_dp}, the number of tile diagonals")
         check_scale("scale", g.out_scale)
     flush_params(weight, bias)
+    if _batched_layout(groups) and x.shape[0] >= len(groups):
+        return _GroupedTileBatched.apply(x, weight, bias, groups[0].out_dp, tuple(g.out_offset for g in groups),
+                                         tuple(float(g.out_scale) for g in groups), int(tile), bool(relu))
     return _GroupedTileLinear.apply(x, weight, bias, tuple(groups), int(tile), bool(relu))
