@@ -141,7 +141,7 @@ def test_loop_bench_runs_the_real_trainer_beside_the_core(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "loop/core" in proc.stdout
     (row,) = json.loads(out.read_text())["results"]
-    assert row["model"] == "mlp_1024x64" and row["kind"] == "row" and row["optimizer"] == "SGD"
+    assert row["model"] == "mlp_1024x64" and row["kind"] == "row" and row["optimizer"] == "LazySGD"  # the configs' default
     assert len(row["per_round_s"]["bernoulli"]) == 1 and len(row["per_round_s"]["row"]) == 1
     for key in ("loop_bern_ms", "loop_approx_ms", "core_bern_ms", "core_approx_ms"):
         assert row[key] > 0
