@@ -33,16 +33,10 @@ def _leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone().requires_grad_(True)
 
 
-def run_self_check(ext, device: torch.device | str | None = None) -> None:
-    """Raise AssertionError naming the first mismatch; return None when all agree."""
-    if device is None:
-        device = "cpu" if getattr(ext, "emulated", False) else "cuda"
-    gen = torch.Generator().manual_seed(1234)
-    # Row: 13 outputs (dp=3, offset=1 -> rows 1,4,7,10), 11 inputs (dp=2, offset=1).
-    out_f, in_f, batch = 13, 11, 5
+def _check_row(ext, device, gen, batch, out_f, in_f, out_dp, out_off, in_dp, in_off, tag):
     w = torch.randn(out_f, in_f, generator=gen, dtype=torch.float64)
     b = torch.randn(out_f, generator=gen, dtype=torch.float64)
-    rows, cols = torch.arange(1, out_f, 3), torch.arange(1, in_f, 2)
+    rows, cols = torch.arange(out_off, out_f, out_dp), torch.arange(in_off, in_f, in_dp)
     xc = torch.randn(batch, len(cols), generator=gen, dtype=torch.float64)
     gy = torch.randn(batch, len(rows), generator=gen, dtype=torch.float64)
     in_s, out_s = 1.7, 1.3
@@ -51,15 +45,15 @@ def run_self_check(ext, device: torch.device | str | None = None) -> None:
     y_ref = torch.relu(z) * out_s
     y_ref.backward(gy)
     xk, wk, bk = (_leaf(t.float().to(device)) for t in (xc, w, b))
-    y = compact_linear_with(ext, xk, wk, bk, 3, 1, 2, 1, in_s, out_s, relu=True)
+    y = compact_linear_with(ext, xk, wk, bk, out_dp, out_off, in_dp, in_off, in_s, out_s, relu=True)
     y.backward(gy.float().to(device))
-    _compare("row forward", y.detach().cpu(), y_ref.detach())
-    _compare("row grad x", None if xk.grad is None else xk.grad.cpu(), x_ref.grad)
-    _compare("row grad weight", None if wk.grad is None else wk.grad.cpu(), w_ref.grad)
-    _compare("row grad bias", None if bk.grad is None else bk.grad.cpu(), b_ref.grad)
+    _compare(f"row{tag} forward", y.detach().cpu(), y_ref.detach())
+    _compare(f"row{tag} grad x", None if xk.grad is None else xk.grad.cpu(), x_ref.grad)
+    _compare(f"row{tag} grad weight", None if wk.grad is None else wk.grad.cpu(), w_ref.grad)
+    _compare(f"row{tag} grad bias", None if bk.grad is None else bk.grad.cpu(), b_ref.grad)
 
-    # Tile: 37 x 29 weight, 8x8 tiles (ragged edges), dp=3, offset=2.
-    out_f, in_f, tile, dp, offset, scale = 37, 29, 8, 3, 2, 2.9
+
+def _check_tile(ext, device, gen, batch, out_f, in_f, tile, dp, offset, scale, tag):
     w = torch.randn(out_f, in_f, generator=gen, dtype=torch.float64)
     b = torch.randn(out_f, generator=gen, dtype=torch.float64)
     x = torch.randn(batch, in_f, generator=gen, dtype=torch.float64)
@@ -73,7 +67,25 @@ def run_self_check(ext, device: torch.device | str | None = None) -> None:
     xk, wk, bk = (_leaf(t.float().to(device)) for t in (x, w, b))
     y = tile_linear_with(ext, xk, wk, bk, dp, offset, tile, scale, relu=True)
     y.backward(gy.float().to(device))
-    _compare("tile forward", y.detach().cpu(), y_ref.detach())
-    _compare("tile grad x", None if xk.grad is None else xk.grad.cpu(), x_ref.grad)
-    _compare("tile grad weight", None if wk.grad is None else wk.grad.cpu(), w_ref.grad)
-    _compare("tile grad bias", None if bk.grad is None else bk.grad.cpu(), b_ref.grad)
+    _compare(f"tile{tag} forward", y.detach().cpu(), y_ref.detach())
+    _compare(f"tile{tag} grad x", None if xk.grad is None else xk.grad.cpu(), x_ref.grad)
+    _compare(f"tile{tag} grad weight", None if wk.grad is None else wk.grad.cpu(), w_ref.grad)
+    _compare(f"tile{tag} grad bias", None if bk.grad is None else bk.grad.cpu(), b_ref.grad)
+
+
+def run_self_check(ext, device: torch.device | str | None = None) -> None:
+    """Raise AssertionError naming the first mismatch; return None when all agree.
+
+    A one-block case of each op (13 x 11 rows, ragged; a 37 x 29 weight in 8 x 8 tiles),
+    then multi-block grids in every dimension (rows: batch 130 x 300 x 270, which on a
+    large GPU runs the 128 x 128 block configuration and on a small one the 64 x 64 one;
+    tiles: 150 x 140 in 32 x 32 tiles), so a kernel that is right only inside one block
+    does not pass.
+    """
+    if device is None:
+        device = "cpu" if getattr(ext, "emulated", False) else "cuda"
+    gen = torch.Generator().manual_seed(1234)
+    _check_row(ext, device, gen, 5, 13, 11, 3, 1, 2, 1, "")
+    _check_tile(ext, device, gen, 5, 37, 29, 8, 3, 2, 2.9, "")
+    _check_row(ext, device, gen, 130, 300, 270, 2, 1, 3, 2, " (multi-block)")
+    _check_tile(ext, device, gen, 70, 150, 140, 32, 2, 1, 2.1, " (multi-block)")

@@ -217,3 +217,37 @@ def test_wheel_carries_every_runtime_source(tmp_path):
     wanted = {str(p.relative_to(root)) for p in (*loader.SOURCES, *loader.HEADERS)}
     wanted |= {"cuda_ext/emulation/host_emulator.cpp", "ardrop/native/kernels.c"}
     assert wanted <= names, sorted(wanted - names)
+
+
+@pytest.mark.parametrize("sm_count", [1, 1 << 20], ids=["128x128", "64x64"])
+def test_self_check_covers_multi_block_grids_in_both_configs(emulated_module, sm_count):
+    """The widened self-check passes through the emulator with either row block configuration."""
+    from cuda_ext.emulation import set_sm_count
+    from cuda_ext.selfcheck import run_self_check
+
+    set_sm_count(emulated_module, sm_count)
+    try:
+        run_self_check(emulated_module)
+    finally:
+        set_sm_count(emulated_module, 132)
+
+
+def test_self_check_catches_an_error_outside_the_first_block(emulated_module):
+    """A kernel wrong only beyond the first 64 output rows passes a one-block check, not this one."""
+    from cuda_ext.selfcheck import run_self_check
+
+    class WrongBeyondFirstBlock:
+        emulated = True
+
+        def __getattr__(self, name):
+            return getattr(emulated_module, name)
+
+        def row_forward(self, *args):
+            y = emulated_module.row_forward(*args)
+            if y.shape[0] > 64:
+                y = y.clone()
+                y[64:] *= 1.001
+            return y
+
+    with pytest.raises(AssertionError, match="multi-block"):
+        run_self_check(WrongBeyondFirstBlock())
