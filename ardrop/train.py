@@ -57,7 +57,9 @@ def run(cfg: DictConfig) -> float | None:
 
     if cfg.get("test", True):
         use_best = cfg.get("test_ckpt") == "best" and isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if use_best else None)
+        # The best checkpoint's path itself: "best" makes Lightning warn when, as here, the
+        # interval checkpoint is a second ModelCheckpoint.
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt.best_model_path if use_best else None)
     return score
 
 
