@@ -105,7 +105,7 @@ def fit_once(model_name: str, dropout: str, rate: float, steps: int, warmup: int
     return statistics.median(clock.loop), statistics.median(clock.step), optimizer, cfg
 
 
-def core_spec(cfg, model_name: str, args):
+def core_spec(cfg, model_name: str):
     """The core bench's ModelSpec for a composed config (same sizes, batch and sequence length)."""
     from ardrop.bench import MNIST_CLASSES, MNIST_IN, ModelSpec
 
@@ -154,7 +154,7 @@ def run_loop_bench(args) -> dict:
                     step = {s: 1e3 * statistics.median(v[1] for v in per[s]) for s in per}
                     optimizer = "lazy" if cfg.model.get("optimizer") == "lazy_sgd" else "sgd"
                     args.groups = cfg.dropout.groups  # the core bench's approximate side as the loop's
-                    core = bench_one(core_spec(cfg, model_name, args), kind, rate, optimizer, args)
+                    core = bench_one(core_spec(cfg, model_name), kind, rate, optimizer, args)
                     rows.append({
                         "model": model_name, "kind": kind, "rate": rate, "optimizer": opt_names[kind],
                         "loop_bern_ms": loop["bernoulli"], "loop_approx_ms": loop[kind],

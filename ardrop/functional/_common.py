@@ -91,10 +91,12 @@ def cuda_op(name: str, x: torch.Tensor, backend: str):
     return getattr(functions, name)
 
 
-def kernels_win(op, torch_op, key: tuple, x, weight, bias, *args) -> bool:
+def kernels_win(name: str, op, torch_op, x, weight, bias, *args) -> bool:
     """Whether this call should take the CUDA kernels: ``require`` says yes, ``auto`` measures
-    each case once (`cuda_ext.autotune`) against ``torch_op`` with the same arguments."""
+    each case (``name``, shapes, dtype, ``args``) once (`cuda_ext.autotune`) against ``torch_op``."""
     from cuda_ext import autotune, loader
+
+    key = autotune.case_key(name, x, weight, bias, *args)
 
     def make_runs():
         return (autotune.forward_backward(op, x, weight, bias, *args),

@@ -172,8 +172,7 @@ def compact_linear(
     op = cuda_op("compact_linear_cuda", x, backend)
     if op is not None:
         args = (out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu)
-        key = ("compact", tuple(x2.shape), tuple(weight.shape), x2.dtype, str(x2.device), bias is not None, *args)
-        if not kernels_win(op, _torch_compact, key, x2, weight, bias, *args):
+        if not kernels_win("compact", op, _torch_compact, x2, weight, bias, *args):
             op = None
     if op is not None:  # the kernels read stored weights: a LazySGD keeps them current (dense steps)
         before_read(weight, None)

@@ -30,6 +30,7 @@ from functools import lru_cache
 import torch
 
 from ardrop.functional._common import autocast_linear, check_linear_args, check_pattern, check_scale
+from ardrop.functional.compact import _scaled_mm
 from ardrop.functional.tile import _block_views, _classes, _copy_blocks, _gather, _mm, _scatter
 from ardrop.optim.lazy_sgd import flush_params
 from ardrop.patterns import Pattern
@@ -98,11 +99,6 @@ def _covers(groups, out_features: int, in_features: int) -> bool:
     keys = {(g.out_dp, g.out_offset, g.in_dp, g.in_offset) for g in groups}
     total = sum(len(range(o, out_features, od)) * len(range(i, in_features, idp)) for od, o, idp, i in keys)
     return total == out_features * in_features
-
-
-def _scaled_mm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``alpha * (a @ b)`` with the scale inside the GEMM (no second pass over the product)."""
-    return torch.mm(a, b) if alpha == 1.0 else torch.addmm(a.new_zeros(()), a, b, beta=0, alpha=alpha)
 
 
 class _GroupedLinear(torch.autograd.Function):

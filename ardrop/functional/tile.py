@@ -278,8 +278,7 @@ def tile_linear(
     op = cuda_op("tile_linear_cuda", x, backend)
     if op is not None:
         args = (dp, offset, tile, scale, relu)
-        key = ("tile", tuple(x2.shape), tuple(weight.shape), x2.dtype, str(x2.device), bias is not None, *args)
-        if not kernels_win(op, _torch_tile, key, x2, weight, bias, *args):
+        if not kernels_win("tile", op, _torch_tile, x2, weight, bias, *args):
             op = None
     if op is not None:  # the kernels read stored weights: a LazySGD keeps them current (dense steps)
         before_read(weight, None)
