@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
-from ardrop.planning import pattern_sites, plan, structured_sites
+from ardrop.planning import pattern_sites, plan
 from ardrop.search import DEFAULT_MAX_DP, METHODS, resolve_max_dp
 from ardrop.sequence import PatternSequence, stable_seed
 from callbacks._cadence import logs_this_step
@@ -57,12 +57,12 @@ class PatternCallback(pl.Callback):
         self._restored: dict | None = None
         self._epoch_dps: dict[str, list[int]] = {}
         self._epoch_offsets: dict[str, list[int]] = {}
-        self._sites = None  # (module, its sites), cached per fit
+        self._sites: list = []  # every site of the module being fitted, found once at fit start
 
     # -- planning ---------------------------------------------------------------------
     def on_fit_start(self, trainer, pl_module):
-        self._sites = None
-        sites = structured_sites(pl_module)
+        self._sites = pattern_sites(pl_module)
+        sites = [(n, s) for n, s in self._sites if s.structured]
         if self._restored is not None:
             self._restore(sites)
         else:
@@ -79,7 +79,7 @@ class PatternCallback(pl.Callback):
 
     def plan_summary(self, trainer, pl_module) -> str:
         """The short block printed at fit start: what this run trains, with which dropout plan."""
-        sites = pattern_sites(pl_module)
+        sites = self._sites
         kinds = sorted({s.kind for _, s in sites}) or ["none"]
         opts = [type(o).__name__ for o in trainer.optimizers] or ["(none)"]
         lrs = [g["lr"] for o in trainer.optimizers for g in o.param_groups][:1]
@@ -146,10 +146,8 @@ class PatternCallback(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = trainer.global_step
-        if self._sites is None or self._sites[0] is not pl_module:  # the module walk once per fit, not per step
-            self._sites = (pl_module, pattern_sites(pl_module))
         log_now = logs_this_step(trainer)  # Lightning's own cadence: a log call costs per call
-        for name, site in self._sites[1]:
+        for name, site in self._sites:  # found at fit start: no module walk per step
             if site.kind == "bernoulli":  # the baseline's masks resume exactly too
                 site.set_step_seed(stable_seed("ardrop-bernoulli", self.seed, name, step))
             if not site.structured:
