@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ardrop.functional import compact_linear, compact_linear_reference, tile_linear, tile_linear_reference
-from ardrop.functional import _grad_buffers
+from ardrop.contract import grad_buffers as _grad_buffers
 
 OUT_F, IN_F = 70, 45  # ragged for every dp > 1 and for the 8x8 tiles below
 

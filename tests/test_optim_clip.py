@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ardrop.functional import _grad_buffers
+from ardrop.contract import grad_buffers as _grad_buffers
 from ardrop.nn import ApproxMLP
 from ardrop.optim.clip import clip_grad_norm_
 from ardrop.patterns import Pattern

@@ -125,7 +125,7 @@ def autocast_linear(fn):
         if not (isinstance(x, torch.Tensor) and torch.is_autocast_enabled(device)):
             return fn(x, weight, bias, *args, **kwargs)
         dtype = torch.get_autocast_dtype(device)
-        from ardrop.optim.lazy_sgd import flush_params
+        from ardrop.contract.param_reads import flush_params
 
         flush_params(weight, bias)
 

@@ -8,7 +8,7 @@ kept columns need one gather of the kept block only (``|O| * |I|`` elements).
 The weight gradient is still handed to autograd as a full-size tensor, exactly zero
 outside ``O x I``, because DDP buckets, clipping, AMP scalers and optimizers all expect
 ``param.grad`` to have the parameter's shape. It is a recycled buffer (see
-`_grad_buffers`): only the previous step's rows are re-zeroed, not the whole matrix.
+`ardrop.contract.grad_buffers`): only the previous step's rows are re-zeroed, not the whole matrix.
 The compact GEMM writes straight into a strided view of it when the view is
 BLAS-compatible, so there is no second pass.
 """
@@ -27,8 +27,8 @@ from ardrop.functional._common import (
     cuda_op,
     kernels_win,
 )
-from ardrop.functional._grad_buffers import gradient_buffer, register_views, seal
-from ardrop.optim.lazy_sgd import LINE_FLOATS, before_read, rows_region
+from ardrop.contract.grad_buffers import gradient_buffer, register_views, seal
+from ardrop.contract.param_reads import LINE_FLOATS, before_read, rows_region
 
 
 def _rows(t: torch.Tensor, dp: int, offset: int) -> torch.Tensor:

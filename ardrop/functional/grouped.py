@@ -32,7 +32,7 @@ import torch
 from ardrop.functional._common import autocast_linear, check_linear_args, check_pattern, check_scale
 from ardrop.functional.compact import _scaled_mm
 from ardrop.functional.tile import _block_views, _classes, _copy_blocks, _gather, _mm, _scatter
-from ardrop.optim.lazy_sgd import flush_params
+from ardrop.contract.param_reads import flush_params
 from ardrop.patterns import Pattern
 
 

@@ -9,7 +9,7 @@ Tile ``(i, j)`` is kept iff ``(i + j) % dp == offset``. Grouping tile-rows by re
 and likewise for both gradients. The kept block of each class is gathered (``1/dp`` of the
 weight) through 4-D tile views whose inner runs are whole tile rows, and scattered back
 the same way into the full-size, otherwise-zero weight gradient (a recycled buffer in
-which only the previous step's tiles are re-zeroed, see `_grad_buffers`). Ragged edge tiles (a
+which only the previous step's tiles are re-zeroed, see `ardrop.contract.grad_buffers`). Ragged edge tiles (a
 width that is not a multiple of the tile size) are separate, smaller views of the same
 class, so no padding copy is ever made.
 """
@@ -30,8 +30,8 @@ from ardrop.functional._common import (
     cuda_op,
     kernels_win,
 )
-from ardrop.functional._grad_buffers import gradient_buffer, register_views, seal
-from ardrop.optim.lazy_sgd import DENSE, Region, before_read
+from ardrop.contract.grad_buffers import gradient_buffer, register_views, seal
+from ardrop.contract.param_reads import DENSE, Region, before_read
 from ardrop.patterns import Pattern
 
 

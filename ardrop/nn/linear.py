@@ -16,7 +16,7 @@ from torch import nn
 
 from ardrop.functional import compact_linear, row_dropout_reference, tile_linear, tile_linear_reference
 from ardrop.functional.grouped import Group, grouped_linear, grouped_tile_linear
-from ardrop.optim.lazy_sgd import FlushesLazyParams, flush_params
+from ardrop.contract.param_reads import FlushesLazyParams, flush_params
 from ardrop.patterns import DEFAULT_TILE, Pattern
 from ardrop.nn.site import PatternSite
 

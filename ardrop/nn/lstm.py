@@ -35,7 +35,7 @@ from ardrop.functional import compact_linear, tile_linear
 from ardrop.functional.grouped import Group, grouped_linear, grouped_tile_linear
 from ardrop.nn._lstm_recurrence import lstm_from_gates, lstm_gates_reference, lstm_layer_fused, lstm_layer_reference
 from ardrop.nn.site import SITE_KINDS, PatternSite
-from ardrop.optim.lazy_sgd import FlushesLazyParams, flush_params, mark_dense
+from ardrop.contract.param_reads import FlushesLazyParams, flush_params, mark_dense
 from ardrop.patterns import DEFAULT_TILE, Pattern
 
 LSTM_BACKENDS = ("fast", "reference")

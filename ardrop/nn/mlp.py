@@ -16,7 +16,7 @@ from torch import nn
 
 from ardrop.functional import compact_linear, row_dropout_reference
 from ardrop.functional.grouped import Group, grouped_linear
-from ardrop.optim.lazy_sgd import FlushesLazyParams, flush_params
+from ardrop.contract.param_reads import FlushesLazyParams, flush_params
 from ardrop.nn.linear import ApproxLinear, check_layer_backend, check_width
 from ardrop.patterns import DEFAULT_TILE, check_rate
 

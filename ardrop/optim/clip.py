@@ -8,7 +8,7 @@ restricting both passes to the written blocks gives torch's result (up to the or
 the floating-point sum).
 
 The blocks are known for ardrop's recycled gradient buffers that the op which wrote them
-sealed and nothing has written since (`ardrop.functional._grad_buffers`); any other
+sealed and nothing has written since (`ardrop.contract.grad_buffers`); any other
 gradient is read whole, as torch does.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ardrop.functional._grad_buffers import reseal, written_views
+from ardrop.contract.grad_buffers import reseal, written_views
 
 
 def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0,
