@@ -14,13 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ardrop.checks import check_int
+
 KINDS = ("row", "tile")
 DEFAULT_TILE = 32
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -35,8 +32,8 @@ class Pattern:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"pattern kind must be one of {KINDS}, got {self.kind!r}")
-        _check_positive_int("dp", self.dp)
-        _check_positive_int("tile size", self.tile)
+        check_int("dp", self.dp)
+        check_int("tile size", self.tile)
         if isinstance(self.offset, bool) or not isinstance(self.offset, int) or not 0 <= self.offset < self.dp:
             raise ValueError(
                 f"offset must be an integer in 0..dp-1 = 0..{self.dp - 1}, got {self.offset!r}"
@@ -54,7 +51,7 @@ class Pattern:
 
     def num_kept_rows(self, n: int) -> int:
         self._require("row")
-        _check_positive_int("number of rows", n)
+        check_int("number of rows", n)
         return len(range(self.offset, n, self.dp))
 
     def kept_rows(self, n: int) -> torch.Tensor:
@@ -81,14 +78,14 @@ class Pattern:
     @staticmethod
     def max_row_dp(n: int) -> int:
         """Largest dp for which every offset keeps at least one of ``n`` rows."""
-        _check_positive_int("number of rows", n)
+        check_int("number of rows", n)
         return n
 
     # ---- tile patterns -----------------------------------------------------------
     def tile_grid(self, out_features: int, in_features: int) -> tuple[int, int]:
         self._require("tile")
-        _check_positive_int("out_features", out_features)
-        _check_positive_int("in_features", in_features)
+        check_int("out_features", out_features)
+        check_int("in_features", in_features)
         return math.ceil(out_features / self.tile), math.ceil(in_features / self.tile)
 
     def tile_grid_mask(self, out_features: int, in_features: int) -> torch.Tensor:
@@ -121,21 +118,10 @@ class Pattern:
     @staticmethod
     def max_tile_dp(out_features: int, in_features: int, tile: int = DEFAULT_TILE) -> int:
         """Number of tile diagonals: larger dp leaves some offsets with no tile at all."""
-        _check_positive_int("tile size", tile)
-        _check_positive_int("out_features", out_features)
-        _check_positive_int("in_features", in_features)
+        check_int("tile size", tile)
+        check_int("out_features", out_features)
+        check_int("in_features", in_features)
         return math.ceil(out_features / tile) + math.ceil(in_features / tile) - 1
-
-
-def check_rate(rate: float, name: str = "rate") -> float:
-    """Validate a drop rate; dropout of 1.0 would drop everything and is never allowed."""
-    try:
-        value = float(rate)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1), got {rate!r}") from None
-    if not (0.0 <= value < 1.0) or math.isnan(value):
-        raise ValueError(f"{name} must be in [0, 1), got {rate!r}")
-    return value
 
 
 @functools.lru_cache(maxsize=4096)

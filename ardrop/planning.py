@@ -12,11 +12,13 @@ and a user's own loop. Each step then sets the step's pattern on every site::
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
+from ardrop.checks import check_int
 from ardrop.nn.site import PatternSite
 from ardrop.search import DEFAULT_MAX_DP, METHODS, resolve_max_dp, search
 from ardrop.sequence import PatternSequence
@@ -46,6 +48,26 @@ class DropoutPlan:
             site.set_pattern(self.sequences[name][step])
 
 
+def check_search_cfg(search_cfg: Mapping | None) -> tuple[str, int | str, dict]:
+    """``{method, max_dp, **hyperparameters}`` split and checked, before any site is searched.
+
+    Called where the config enters (the callback's constructor) and by `plan`, so a typo in
+    a hyperparameter's name fails at start, not after the data is loaded.
+    """
+    cfg = dict(search_cfg or {})
+    method = cfg.pop("method", "sgd")
+    max_dp = cfg.pop("max_dp", DEFAULT_MAX_DP)
+    if method not in METHODS:
+        raise ValueError(f"unknown search.method {method!r}; choose one of {sorted(METHODS)}")
+    if max_dp != "auto":
+        check_int("search.max_dp", max_dp, hint=" or 'auto'")
+    try:
+        inspect.signature(METHODS[method]).bind(0.5, 8, **cfg)
+    except TypeError as err:
+        raise ValueError(f"search config for method {method!r}: {err}") from None
+    return method, max_dp, cfg
+
+
 def plan(model: torch.nn.Module, total_steps: int, seed: int = 0, search_cfg: Mapping | None = None,
          rate: float | None = None) -> DropoutPlan:
     """Search every structured site's distribution and build its sequence over ``total_steps``.
@@ -54,13 +76,8 @@ def plan(model: torch.nn.Module, total_steps: int, seed: int = 0, search_cfg: Ma
     `ardrop.search.search`; each site searches up to ``min(max_dp, site.max_dp)``.
     ``rate`` overrides the sites' own rates (the benchmark's sweep).
     """
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"cannot plan a pattern sequence over {total_steps!r} steps: need an integer >= 1")
-    cfg = dict(search_cfg or {})
-    method = cfg.pop("method", "sgd")
-    max_dp = cfg.pop("max_dp", DEFAULT_MAX_DP)
-    if method not in METHODS:
-        raise ValueError(f"unknown search.method {method!r}; choose one of {sorted(METHODS)}")
+    check_int("the number of steps to plan a pattern sequence over", total_steps)
+    method, max_dp, cfg = check_search_cfg(search_cfg)
     sites = structured_sites(model)
     out = DropoutPlan(sites)
     for name, site in sites:

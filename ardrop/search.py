@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ardrop.patterns import check_rate
+from ardrop.checks import check_int, check_rate
 
 # Defaults chosen so the paper's method lands within 1e-3 of any rate in 0.1..0.8 for
 # N up to 64: the stationary point has rate error lambda * beta / 2, so lambda must be
@@ -83,8 +83,7 @@ def resolve_max_dp(max_dp, rate: float) -> int:
 
 def _validate(rate: float, max_dp: int) -> float:
     rate = check_rate(rate)
-    if isinstance(max_dp, bool) or not isinstance(max_dp, int) or max_dp < 1:
-        raise ValueError(f"max_dp (the largest pattern N) must be an integer >= 1, got {max_dp!r}")
+    check_int("max_dp (the largest pattern N)", max_dp)
     reachable = (max_dp - 1) / max_dp
     if rate > reachable + 1e-15:
         raise ValueError(
@@ -129,8 +128,7 @@ def search_sgd(
     rate = _validate(rate, max_dp)
     if lam < 0 or lr <= 0 or eps < 0:
         raise ValueError(f"need lam >= 0, lr > 0 and eps >= 0; got lam={lam}, lr={lr}, eps={eps}")
-    if isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1:
-        raise ValueError(f"max_iters must be an integer >= 1, got {max_iters!r}")
+    check_int("max_iters", max_iters)
     v = pattern_rates(max_dp)
     theta = np.zeros(max_dp)
     previous = math.inf

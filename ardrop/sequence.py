@@ -18,13 +18,13 @@ from collections.abc import Sequence
 
 import torch
 
+from ardrop.checks import check_int
 from ardrop.patterns import DEFAULT_TILE, KINDS, Pattern
 
 
 def largest_remainder_counts(probs: Sequence[float], total: int) -> list[int]:
     """Integer counts proportional to ``probs`` that sum to exactly ``total``."""
-    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
-        raise ValueError(f"total steps must be an integer >= 1, got {total!r}")
+    check_int("total steps", total)
     p = [float(x) for x in probs]
     if not p or any(x < 0 or math.isnan(x) for x in p):
         raise ValueError(f"probabilities must be a non-empty list of non-negative numbers, got {probs!r}")
@@ -92,8 +92,7 @@ class PatternSequence:
         return self._cache[epoch]
 
     def __getitem__(self, step: int) -> Pattern:
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be an integer >= 0, got {step!r}")
+        check_int("step", step, 0)
         epoch, idx = divmod(step, self.total_steps)
         dps, offsets = self.epoch_arrays(epoch)
         return Pattern(self.kind, int(dps[idx]), int(offsets[idx]), self.tile)

@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from ardrop.allocator import keep_large_buffers
-from models.common import check_rates
+from ardrop.checks import site_rates
+from callbacks import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,11 @@ def _build_all(section: DictConfig | None) -> list:
 
 def run(cfg: DictConfig) -> float | None:
     keep_large_buffers()  # as MALLOC_*_THRESHOLD_ would: no page faults on every step's large buffers
-    check_rates(cfg.rate)
+    site_rates(cfg.rate, None, name="rate")  # values now; their count once the model says how many sites
     pl.seed_everything(cfg.seed, workers=True)
     loggers = _build_all(cfg.get("logger"))
     callbacks = _build_all(cfg.get("callbacks"))
+    RunSummary.attach(callbacks, cfg)  # summary.json records the composed config
     if not loggers:  # LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     datamodule = instantiate(cfg.data)

@@ -14,6 +14,8 @@ from collections import deque
 import pytorch_lightning as pl
 import torch
 
+from ardrop.checks import check_int
+
 
 class TrainingDiverged(RuntimeError):
     """Raised by `DivergenceGuard`; the message names the step, the loss and what to change."""
@@ -25,10 +27,8 @@ _ADVICE = ("lower model.lr, keep trainer.gradient_clip_val set, use dropout.grou
 
 class DivergenceGuard(pl.Callback):
     def __init__(self, warmup_steps: int = 100, window: int = 20):
-        for name, v in (("warmup_steps", warmup_steps), ("window", window)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "warmup_steps" else 1):
-                raise ValueError(f"DivergenceGuard {name} must be an integer >= {0 if name == 'warmup_steps' else 1}, "
-                                 f"got {v!r}")
+        check_int("DivergenceGuard warmup_steps", warmup_steps, 0)
+        check_int("DivergenceGuard window", window)
         self.warmup_steps, self.window = warmup_steps, window
         self._losses: deque[float] = deque(maxlen=window)
 

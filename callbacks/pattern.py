@@ -11,7 +11,6 @@ resumed baseline run also replays the uninterrupted one.
 """
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping
 
@@ -21,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 
-from ardrop.planning import pattern_sites, plan
-from ardrop.search import DEFAULT_MAX_DP, METHODS, resolve_max_dp
+from ardrop.planning import check_search_cfg, pattern_sites, plan
+from ardrop.search import resolve_max_dp
 from ardrop.sequence import PatternSequence, stable_seed
 from callbacks._cadence import logs_this_step
 
@@ -37,18 +36,7 @@ class PatternCallback(pl.Callback):
 
     def __init__(self, search: Mapping | None = None, seed: int = 0, verify_ranks: bool = False):
         cfg = OmegaConf.to_container(search, resolve=True) if isinstance(search, DictConfig) else dict(search or {})
-        self.method = cfg.pop("method", "sgd")
-        self.max_dp = cfg.pop("max_dp", DEFAULT_MAX_DP)
-        self.hyper = cfg
-        if self.method not in METHODS:
-            raise ValueError(f"unknown search.method {self.method!r}; choose one of {sorted(METHODS)}")
-        if self.max_dp != "auto" and (isinstance(self.max_dp, bool) or not isinstance(self.max_dp, int)
-                                      or self.max_dp < 1):
-            raise ValueError(f"search.max_dp must be 'auto' or an integer >= 1, got {self.max_dp!r}")
-        try:  # unknown hyperparameter names fail now, not at fit start
-            inspect.signature(METHODS[self.method]).bind(0.5, 8, **self.hyper)
-        except TypeError as err:
-            raise ValueError(f"search config for method {self.method!r}: {err}") from None
+        self.method, self.max_dp, self.hyper = check_search_cfg(cfg)
         self.seed = int(seed)
         self.verify_ranks = verify_ranks
         self.sequences: dict[str, PatternSequence] = {}

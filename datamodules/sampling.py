@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import RandomSampler
 
+from ardrop.checks import check_int
+
 
 class EpochShuffleSampler(RandomSampler):
     def __init__(self, data_source, seed: int = 0):
@@ -108,8 +110,7 @@ _END = object()
 def check_batches_done(done) -> int:
     if done is None:
         return 0
-    if isinstance(done, bool) or not isinstance(done, int) or done < 0:
-        raise ValueError(f"checkpoint data position batches_done={done!r} is not a count; the checkpoint is corrupt")
+    check_int("the checkpoint's data position batches_done", done, 0, hint=" (the checkpoint is corrupt)")
     return done
 
 

@@ -1,39 +1,31 @@
-"""Shared pieces: rate validation and SGD with the paper-era learning-rate policies."""
+"""What the LightningModules share: the optimiser and schedule built from hparams, region-aware clipping.
+
+Imports: torch, Lightning, omegaconf, `ardrop` (never `callbacks` or `datamodules`).
+"""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ardrop.patterns import check_rate
 
 SCHEDULES = ("none", "inv", "cosine", "step")
 
 
+def hparams_of(loc: dict, **overrides) -> dict:
+    """A constructor's ``locals()`` as plain hyperparameters (what ``save_hyperparameters`` stores)."""
+    out = {k: plain(v) for k, v in loc.items() if k not in ("self", "__class__", "net")}
+    out.update(plain(loc.get("net", {})))
+    return {**out, **{k: plain(v) for k, v in overrides.items()}}
+
+
 def plain(value):
-    """OmegaConf containers -> plain Python (so hparams and layer args are ordinary lists)."""
+    """OmegaConf containers (also inside a dict) -> plain Python, so hparams and layer args are ordinary lists."""
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
     return value
-
-
-def check_rates(rates, num_sites: int | None = None) -> float | tuple[float, ...]:
-    """One rate for every site, or exactly one per site; each in [0, 1).
-
-    Checked here, before any layer or data is built, so `rate=1.5` fails with a message
-    naming `rate` rather than deep inside a layer constructor.
-    """
-    rates = plain(rates)
-    if isinstance(rates, Sequence) and not isinstance(rates, str):
-        if num_sites is not None and len(rates) != num_sites:
-            raise ValueError(
-                f"rate has {len(rates)} values but this model has {num_sites} dropout sites; "
-                f"give one rate for all sites or exactly {num_sites}"
-            )
-        return tuple(check_rate(r, f"rate[{i}]") for i, r in enumerate(rates))
-    return check_rate(rates, "rate")
 
 
 OPTIMIZERS = ("sgd", "lazy_sgd")
@@ -82,13 +74,26 @@ def make_schedule(optimizer, schedule: str, *, gamma: float = 1e-4, power: float
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, fn), "interval": interval}
 
 
-class SkipsZeroGradientBlocks:
-    """LightningModule mixin: ``trainer.gradient_clip_val`` (norm) clips through `ardrop.optim.clip`.
+_SCHEDULE_KEYS = ("gamma", "power", "decay", "decay_start")
 
-    Same result as Lightning's own clipping (``torch.nn.utils.clip_grad_norm_``), but the
-    norm and the scale read only the gradient blocks the step wrote. Value clipping and
-    anything unknown go to Lightning's ``clip_gradients``.
+
+class SkipsZeroGradientBlocks:
+    """LightningModule mixin: the optimiser and clipping of a model with pattern-dropout sites.
+
+    ``configure_optimizers`` builds `make_sgd` and `make_schedule` from the module's
+    hparams (``lr, momentum, weight_decay, nesterov, optimizer, schedule`` and whichever
+    schedule parameters it has). ``trainer.gradient_clip_val`` (norm) clips through
+    `ardrop.optim.clip`: the same result as Lightning's own clipping
+    (``torch.nn.utils.clip_grad_norm_``), but the norm and the scale read only the gradient
+    blocks the step wrote. Value clipping and anything unknown go to Lightning's ``clip_gradients``.
     """
+
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = make_sgd(self.parameters(), h.lr, h.momentum, h.weight_decay, h.nesterov, h.optimizer)
+        sched = make_schedule(opt, h.schedule, total_steps=self.trainer.estimated_stepping_batches,
+                              **{k: h[k] for k in _SCHEDULE_KEYS if k in h})
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         if gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":

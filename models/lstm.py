@@ -15,8 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from ardrop.nn import ApproxLSTMLM
-from models.common import SkipsZeroGradientBlocks, check_optimizer, check_rates, make_schedule, make_sgd, plain
-from models.mlp import locals_hparams
+from models.common import SkipsZeroGradientBlocks, check_optimizer, hparams_of, plain
 
 
 def _detach(state):
@@ -31,13 +30,6 @@ class LSTMLanguageModel(SkipsZeroGradientBlocks, pl.LightningModule):
     def __init__(
         self,
         vocab_size: int,
-        hidden_size: int = 1000,
-        num_layers: int = 2,
-        kind: str = "row",
-        rates: float | tuple[float, ...] = 0.5,
-        tile: int = 32,
-        tie_weights: bool = False,
-        backend: str = "fast",
         lr: float = 1.0,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
@@ -46,15 +38,14 @@ class LSTMLanguageModel(SkipsZeroGradientBlocks, pl.LightningModule):
         schedule: str = "step",
         decay: float = 1 / 1.2,
         decay_start: int = 6,
-        groups: int | str = "dp",
+        **net,
     ):
+        """``net``: `ardrop.nn.ApproxLSTMLM`'s arguments (hidden_size, num_layers, kind, rates,
+        tile, tie_weights, backend, groups, init_range), with its defaults."""
         super().__init__()
         check_optimizer(optimizer)
-        rates = check_rates(rates, num_layers + 1)
-        self.save_hyperparameters({**locals_hparams(locals()), "rates": rates})
-        self.net = ApproxLSTMLM(vocab_size, hidden_size=hidden_size, num_layers=num_layers, kind=kind,
-                                rates=rates, tile=tile, tie_weights=tie_weights, backend=backend,
-                                groups=groups)
+        self.save_hyperparameters(hparams_of(locals()))
+        self.net = ApproxLSTMLM(vocab_size, **plain(net))
         self.val_ppl, self.test_ppl = Perplexity(), Perplexity()
         acc = dict(num_classes=vocab_size, average="micro")
         self.val_acc, self.test_acc = MulticlassAccuracy(**acc), MulticlassAccuracy(**acc)
@@ -129,10 +120,3 @@ class LSTMLanguageModel(SkipsZeroGradientBlocks, pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._eval(batch, "test", self.test_ppl, self.test_acc)
-
-    def configure_optimizers(self):
-        h = self.hparams
-        opt = make_sgd(self.parameters(), h.lr, h.momentum, h.weight_decay, h.nesterov, h.optimizer)
-        sched = make_schedule(opt, h.schedule, decay=h.decay, decay_start=h.decay_start,
-                              total_steps=self.trainer.estimated_stepping_batches)
-        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from ardrop.nn import ApproxMLP
-from models.common import SkipsZeroGradientBlocks, check_optimizer, check_rates, make_schedule, make_sgd, plain
+from models.common import SkipsZeroGradientBlocks, check_optimizer, hparams_of, plain
 
 
 class MLPClassifier(SkipsZeroGradientBlocks, pl.LightningModule):
@@ -21,10 +21,6 @@ class MLPClassifier(SkipsZeroGradientBlocks, pl.LightningModule):
         hidden: tuple[int, ...] = (1024, 1024),
         in_features: int = 784,
         num_classes: int = 10,
-        kind: str = "row",
-        rates: float | tuple[float, ...] = 0.5,
-        tile: int = 32,
-        backend: str = "fast",
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -33,15 +29,14 @@ class MLPClassifier(SkipsZeroGradientBlocks, pl.LightningModule):
         schedule: str = "inv",
         gamma: float = 1e-4,
         power: float = 0.75,
-        groups: int | str = "dp",
+        **net,
     ):
+        """``net``: `ardrop.nn.ApproxMLP`'s dropout arguments (kind, rates, tile, backend, groups), its defaults."""
         super().__init__()
         check_optimizer(optimizer)
         hidden = tuple(plain(hidden))
-        rates = check_rates(rates, len(hidden))
-        self.save_hyperparameters({**locals_hparams(locals()), "hidden": list(hidden), "rates": rates})
-        self.net = ApproxMLP(sizes=(in_features, *hidden, num_classes), kind=kind, rates=rates, tile=tile, backend=backend,
-                              groups=groups)
+        self.save_hyperparameters(hparams_of(locals(), hidden=list(hidden)))
+        self.net = ApproxMLP(sizes=(in_features, *hidden, num_classes), **plain(net))
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -76,14 +71,3 @@ class MLPClassifier(SkipsZeroGradientBlocks, pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._step(batch, self.test_acc, "test")
-
-    def configure_optimizers(self):
-        h = self.hparams
-        opt = make_sgd(self.parameters(), h.lr, h.momentum, h.weight_decay, h.nesterov, h.optimizer)
-        sched = make_schedule(opt, h.schedule, gamma=h.gamma, power=h.power,
-                              total_steps=self.trainer.estimated_stepping_batches)
-        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
-
-
-def locals_hparams(loc: dict) -> dict:
-    return {k: plain(v) for k, v in loc.items() if k not in ("self", "__class__")}

@@ -101,7 +101,7 @@ def test_without_the_callback_training_fails_clearly():
 def test_bad_search_settings_fail_at_construction():
     with pytest.raises(ValueError, match="unknown search.method"):
         PatternCallback(search={"method": "nope"})
-    with pytest.raises(ValueError, match="max_dp must be .auto. or an integer"):
+    with pytest.raises(ValueError, match="max_dp must be an integer >= 1 or .auto."):
         PatternCallback(search={"method": "sgd", "max_dp": 0})
     with pytest.raises(ValueError, match="search config for method 'maxent'"):
         PatternCallback(search={"method": "maxent", "lam": 0.1})

@@ -293,7 +293,7 @@ def test_bad_input_raises_clear_value_errors():
         ApproxLSTMLM(V, 8, 3, rates=[0.5, 0.5])
     with pytest.raises(ValueError, match="rate"):
         ApproxLSTMLM(V, 8, 2, rates=1.0)
-    with pytest.raises(ValueError, match="sequence of 3 numbers"):
+    with pytest.raises(ValueError, match="sequence of numbers, one for each of the 3 dropout sites"):
         ApproxLSTMLM(V, 8, 2, rates="0.5")
     with pytest.raises(ValueError, match="backend"):
         ApproxLSTMLM(V, 8, 2, backend="cuda")

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from ardrop.patterns import Pattern, check_rate
+from ardrop.checks import check_rate
+from ardrop.patterns import Pattern
 from ardrop.nn.site import PatternSite
 
 

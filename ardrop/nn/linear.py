@@ -16,6 +16,7 @@ from torch import nn
 
 from ardrop.functional import compact_linear, row_dropout_reference, tile_linear, tile_linear_reference
 from ardrop.functional.grouped import Group, grouped_linear, grouped_tile_linear
+from ardrop.checks import check_int
 from ardrop.contract.param_reads import FlushesLazyParams, flush_params
 from ardrop.patterns import DEFAULT_TILE, Pattern
 from ardrop.nn.site import PatternSite
@@ -60,9 +61,8 @@ class ApproxLinear(FlushesLazyParams, nn.Module):
         groups: int | str = "dp",
     ) -> None:
         super().__init__()
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        check_int("in_features", in_features)
+        check_int("out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
         self.relu = bool(relu)
         self.backend = check_layer_backend(backend)

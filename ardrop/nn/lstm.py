@@ -24,7 +24,6 @@ plain per-step LSTM; it is the test oracle, not a training path.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
@@ -35,31 +34,11 @@ from ardrop.functional import compact_linear, tile_linear
 from ardrop.functional.grouped import Group, grouped_linear, grouped_tile_linear
 from ardrop.nn._lstm_recurrence import lstm_from_gates, lstm_gates_reference, lstm_layer_fused, lstm_layer_reference
 from ardrop.nn.site import SITE_KINDS, PatternSite
+from ardrop.checks import check_int, site_rates
 from ardrop.contract.param_reads import FlushesLazyParams, flush_params, mark_dense
 from ardrop.patterns import DEFAULT_TILE, Pattern
 
 LSTM_BACKENDS = ("fast", "reference")
-
-
-def _check_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _site_rates(rates, n_sites: int) -> list[float]:
-    """One rate for every site, or one per site in data-flow order (list, tuple, array, ListConfig)."""
-    if isinstance(rates, numbers.Real) and not isinstance(rates, bool):
-        return [float(rates)] * n_sites
-    if isinstance(rates, (str, bytes)) or not (hasattr(rates, "__len__") and hasattr(rates, "__iter__")):
-        raise ValueError(f"rates must be a number or a sequence of {n_sites} numbers, got {rates!r}")
-    if len(rates) != n_sites:
-        raise ValueError(
-            f"rates has {len(rates)} entries but this model has {n_sites} dropout sites "
-            f"(embedding output, {n_sites - 2} between layers, before the decoder); "
-            f"pass one rate or {n_sites}"
-        )
-    return list(rates)
 
 
 class _LSTMLayer(nn.Module):
@@ -93,10 +72,10 @@ class ApproxLSTMLM(FlushesLazyParams, nn.Module):
         groups: int | str = "dp",
     ) -> None:
         super().__init__()
-        _check_int("vocab_size", vocab_size)
-        _check_int("hidden_size", hidden_size)
-        _check_int("num_layers", num_layers)
-        _check_int("tile size", tile)
+        check_int("vocab_size", vocab_size)
+        check_int("hidden_size", hidden_size)
+        check_int("num_layers", num_layers)
+        check_int("tile size", tile)
         if kind not in SITE_KINDS:
             raise ValueError(f"dropout kind must be one of {SITE_KINDS}, got {kind!r}")
         if backend not in LSTM_BACKENDS:
@@ -110,9 +89,10 @@ class ApproxLSTMLM(FlushesLazyParams, nn.Module):
         self.encoder = nn.Embedding(vocab_size, hidden_size)
         self.layers = nn.ModuleList(_LSTMLayer(hidden_size, hidden_size) for _ in range(num_layers))
         self.decoder = nn.Linear(hidden_size, vocab_size)
-        site_rates = _site_rates(rates, num_layers + 1)
+        rate_list = site_rates(rates, num_layers + 1,
+                               sites=f" (embedding output, {num_layers - 1} between layers, before the decoder)")
         self.sites = nn.ModuleList(
-            PatternSite(kind, r, self._site_max_dp(k), tile, groups) for k, r in enumerate(site_rates)
+            PatternSite(kind, r, self._site_max_dp(k), tile, groups) for k, r in enumerate(rate_list)
         )
         # Zaremba et al.: every parameter uniform in [-init_range, init_range].
         for p in self.parameters():

@@ -18,18 +18,8 @@ from ardrop.functional import compact_linear, row_dropout_reference
 from ardrop.functional.grouped import Group, grouped_linear
 from ardrop.contract.param_reads import FlushesLazyParams, flush_params
 from ardrop.nn.linear import ApproxLinear, check_layer_backend, check_width
-from ardrop.patterns import DEFAULT_TILE, check_rate
-
-
-def per_site_rates(rates, n_sites: int) -> list[float]:
-    """One float for every site, or exactly one rate per site in site order."""
-    if isinstance(rates, (int, float)) and not isinstance(rates, bool):
-        return [check_rate(rates)] * n_sites
-    if isinstance(rates, Sequence) and not isinstance(rates, str):
-        if len(rates) != n_sites:
-            raise ValueError(f"rates has {len(rates)} entries but the model has {n_sites} dropout sites")
-        return [check_rate(r, f"rates[{i}]") for i, r in enumerate(rates)]
-    raise ValueError(f"rates must be a number or a sequence of {n_sites} numbers, got {rates!r}")
+from ardrop.checks import check_int, site_rates
+from ardrop.patterns import DEFAULT_TILE
 
 
 class ApproxMLP(FlushesLazyParams, nn.Module):
@@ -46,12 +36,13 @@ class ApproxMLP(FlushesLazyParams, nn.Module):
     ) -> None:
         super().__init__()
         sizes = tuple(sizes)
-        if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+        if len(sizes) < 2:
             raise ValueError(f"sizes must be at least two integers >= 1 (input, ..., classes), got {sizes!r}")
+        sizes = tuple(check_int(f"sizes[{i}]", s) for i, s in enumerate(sizes))
         self.sizes = sizes
         self.backend = check_layer_backend(backend)
         n_hidden = len(sizes) - 2
-        rate_list = per_site_rates(rates, n_hidden)
+        rate_list = site_rates(rates, n_hidden, sites=" (one after each hidden layer)")
         self.hidden = nn.ModuleList(
             ApproxLinear(sizes[l], sizes[l + 1], kind=kind, rate=rate_list[l], tile=tile, relu=True, backend=backend,
                          groups=groups)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ardrop.patterns import DEFAULT_TILE, Pattern, check_rate
+from ardrop.checks import check_int, check_rate
+from ardrop.patterns import DEFAULT_TILE, Pattern
 
 SITE_KINDS = ("row", "tile", "bernoulli", "none")
 
@@ -21,9 +22,7 @@ def check_groups(groups) -> int | str:
     """``"dp"`` (one group per offset) or an integer >= 1 (1: the paper's one pattern per step)."""
     if groups == "dp":
         return groups
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be 'dp' or an integer >= 1 (1 = one pattern per step), got {groups!r}")
-    return groups
+    return check_int("groups", groups, hint=" (1 = one pattern per step) or 'dp'")
 
 
 class PatternSite(nn.Module):
@@ -33,10 +32,8 @@ class PatternSite(nn.Module):
         super().__init__()
         if kind not in SITE_KINDS:
             raise ValueError(f"dropout kind must be one of {SITE_KINDS}, got {kind!r}")
-        if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
-            raise ValueError(f"tile size must be an integer >= 1, got {tile!r}")
-        if isinstance(max_dp, bool) or not isinstance(max_dp, int) or max_dp < 1:
-            raise ValueError(f"max_dp must be an integer >= 1, got {max_dp!r}")
+        check_int("tile size", tile)
+        check_int("max_dp", max_dp)
         self.kind = kind
         self.rate = check_rate(rate, "dropout rate") if kind != "none" else 0.0
         self.max_dp = max_dp
@@ -75,8 +72,8 @@ class PatternSite(nn.Module):
         uninterrupted one; a per-step seed makes the masks, like the patterns, a pure
         function of (seed, site, step). None goes back to the global generator.
         """
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ValueError(f"step seed must be an integer >= 0 or None, got {seed!r}")
+        if seed is not None:
+            check_int("step seed", seed, 0, hint=" or None")
         self.step_seed = seed
         self._generators.clear()  # re-seeded lazily, one per device the site runs on
 

@@ -41,6 +41,7 @@ import torch
 from torch.optim.sgd import sgd as torch_sgd
 
 from ardrop import native
+from ardrop.checks import check_int
 from ardrop.contract.param_reads import DENSE, Current, Region, claim, is_dense_only, owner_of
 
 _MAX_GROWTH = 256.0  # flush once the frame amplifies stored values by more than this
@@ -115,9 +116,7 @@ class LazySGD(torch.optim.Optimizer):
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0 (as in torch.optim.SGD)")
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be an integer >= 1, got {window!r}")
-        self.window = window
+        self.window = check_int("window", window)
         self.verify = bool(verify)
         self._frames: dict[torch.Tensor, _Frame] = {}
         self._versions: dict[torch.Tensor, int] = {}  # each parameter's version counter after our last write
