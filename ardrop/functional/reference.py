@@ -66,3 +66,21 @@ def tile_linear_reference(x, weight, bias, dp, offset, tile=32, scale=None, relu
     if bias is not None:
         z = z + bias
     return torch.relu(z) if relu else z
+
+
+def pattern_linear_reference(x, weight, bias, pattern: Pattern, side: str = "out", relu: bool = False):
+    """``act(x @ W.T + b)`` with one pattern applied by its explicit mask, every unit computed.
+
+    Row patterns drop output units (``side="out"``, after the activation) or input units
+    (``side="in"``); tile patterns mask the weight. The scale is the pattern's exact
+    inverted-dropout scale (kept over total units or weights).
+    """
+    if pattern.kind == "tile":
+        return tile_linear_reference(x, weight, bias, pattern.dp, pattern.offset, pattern.tile, None, relu)
+    if side == "in":
+        n = weight.shape[1]
+        x = x * (pattern.row_mask(n).to(x.device, x.dtype) * pattern.row_scale(n))
+    z = torch.nn.functional.linear(x, weight, bias)  # what autocast casts as one op, as a dense layer would
+    if relu:
+        z = torch.relu(z)
+    return row_dropout_reference(z, pattern.dp, pattern.offset) if side == "out" else z

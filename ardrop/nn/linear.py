@@ -11,15 +11,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ardrop.functional import compact_linear, row_dropout_reference, tile_linear, tile_linear_reference
-from ardrop.functional.grouped import Group, grouped_linear, grouped_tile_linear
+from ardrop.functional import compact_linear
 from ardrop.checks import check_int
 from ardrop.contract.param_reads import FlushesLazyParams, flush_params
 from ardrop.patterns import DEFAULT_TILE, Pattern
 from ardrop.nn.site import PatternSite
+from ardrop.nn.site_linear import dense_linear, site_linear
 
 LAYER_BACKENDS = ("fast", "reference")
 
@@ -88,9 +87,7 @@ class ApproxLinear(FlushesLazyParams, nn.Module):
         return self.site.kind
 
     def _dense(self, x: torch.Tensor) -> torch.Tensor:
-        self.flush_lazy()
-        y = F.linear(x, self.weight, self.bias)
-        return torch.relu(y) if self.relu else y
+        return dense_linear(x, self.weight, self.bias, self.relu)
 
     def forward_compact(self, x, in_dp: int = 1, in_offset: int = 0, in_scale: float = 1.0):
         """Row kind only: ``(compact output, dp, offset)`` for a consumer that stays compact.
@@ -108,47 +105,7 @@ class ApproxLinear(FlushesLazyParams, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_width(x, self.in_features, "ApproxLinear")
-        kind = self.kind
-        if kind == "bernoulli":
-            return self.site.bernoulli(self._dense(x))
-        p = self.site.active_pattern()
-        if p is None:
-            return self._dense(x)
-        found = self.site.group_patterns(x.shape[0]) if x.dim() > 1 else None
-        if found is not None:  # one pattern per group of samples (dim 0)
-            return self._forward_grouped(x, found)
-        if kind == "row":
-            if self.backend == "reference":
-                return row_dropout_reference(self._dense(x), p.dp, p.offset)
-            yc, dp, off = self.forward_compact(x)
-            y = yc.new_zeros(*yc.shape[:-1], self.out_features)
-            y[..., off::dp] = yc  # dropped outputs are exactly zero, never computed
-            return y
-        if self.backend == "reference":
-            self.flush_lazy()
-            return tile_linear_reference(x, self.weight, self.bias, p.dp, p.offset, p.tile, None, self.relu)
-        return tile_linear(x, self.weight, self.bias, p.dp, p.offset, p.tile, None, self.relu)
-
-    def _forward_grouped(self, x: torch.Tensor, found) -> torch.Tensor:
-        """Samples ``g::G`` use the ``g``-th offset (see `ardrop.functional.grouped`)."""
-        if self.backend == "reference":  # dense, explicit per-group masks
-            self.flush_lazy()
-            y = x.new_empty(*x.shape[:-1], self.out_features)
-            for start, stride, p in found:
-                rows = x[start::stride]
-                if p.kind == "row":
-                    y[start::stride] = row_dropout_reference(self._dense(rows), p.dp, p.offset)
-                else:
-                    y[start::stride] = tile_linear_reference(rows, self.weight, self.bias, p.dp, p.offset, p.tile,
-                                                             None, self.relu)
-            return y
-        if self.kind == "row":
-            groups = [Group(start, stride, p.dp, p.offset, out_scale=p.row_scale(self.out_features))
-                      for start, stride, p in found]
-            return grouped_linear(x, self.weight, self.bias, groups, self.relu)
-        groups = [Group(start, stride, p.dp, p.offset, out_scale=p.tile_scale(self.out_features, self.in_features))
-                  for start, stride, p in found]
-        return grouped_tile_linear(x, self.weight, self.bias, groups, self.site.tile, self.relu)
+        return site_linear(self.site, x, self.weight, self.bias, side="out", backend=self.backend, relu=self.relu)
 
     def extra_repr(self) -> str:
         return (

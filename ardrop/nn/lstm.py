@@ -27,13 +27,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ardrop.functional import compact_linear, tile_linear
-from ardrop.functional.grouped import Group, grouped_linear, grouped_tile_linear
 from ardrop.nn._lstm_recurrence import lstm_from_gates, lstm_gates_reference, lstm_layer_fused, lstm_layer_reference
 from ardrop.nn.site import SITE_KINDS, PatternSite
+from ardrop.nn.site_linear import site_linear
 from ardrop.checks import check_int, site_rates
 from ardrop.contract.param_reads import FlushesLazyParams, flush_params, mark_dense
 from ardrop.patterns import DEFAULT_TILE, Pattern
@@ -161,101 +159,35 @@ class ApproxLSTMLM(FlushesLazyParams, nn.Module):
         logits = self._decode(self.sites[self.num_layers], x)
         return logits, (torch.stack(hs), torch.stack(cs))
 
-    def _time_groups(self, site: PatternSite, x, consumer: torch.Tensor) -> list[Group] | None:
-        """One pattern per time step class (``t mod G``), or None for one pattern per step.
-
-        Time steps, not batch columns: a Bernoulli mask shared by the batch but redrawn
-        every time step trains like ordinary dropout (docs/learning.md), and time-major
-        inputs make each group a strided slice with no transposes.
-        """
-        found = site.group_patterns(x.shape[0])
-        if found is None:
-            return None
-        out = []
-        for start, stride, p in found:
-            if p.kind == "row":
-                out.append(Group(start, stride, in_dp=p.dp, in_offset=p.offset,
-                                 in_scale=p.row_scale(self.hidden_size)))
-            else:
-                out.append(Group(start, stride, p.dp, p.offset, out_scale=p.tile_scale(*consumer.shape)))
-        return out
-
-    def _grouped_projection(self, groups: list[Group], x, w, b):
-        """``x @ W.T + b`` with each time-step group's pattern: the fast op, or the masked dense oracle."""
-        if self.backend != "reference":
-            if self.kind == "row":
-                return grouped_linear(x, w, b, groups)
-            return grouped_tile_linear(x, w, b, groups, self.tile)
-        flush_params(w, b)
-        out = x.new_empty(*x.shape[:-1], w.shape[0])
-        for g in groups:
-            if self.kind == "row":
-                mask = Pattern("row", g.in_dp, g.in_offset).row_mask(w.shape[1]).to(x) * g.in_scale
-                out[g.start::g.stride] = F.linear(x[g.start::g.stride] * mask, w, b)
-            else:
-                masked = w * (Pattern("tile", g.out_dp, g.out_offset, self.tile).tile_mask(*w.shape).to(w) * g.out_scale)
-                out[g.start::g.stride] = F.linear(x[g.start::g.stride], masked, b)
-        return out
-
     def _layer(self, site: PatternSite, layer: _LSTMLayer, x, h0, c0):
         w_ih, w_hh, b_ih, b_hh = layer.weights()
-        groups = self._time_groups(site, x, w_ih)
-        if groups is not None:
-            gx = self._grouped_projection(groups, x, w_ih, b_ih)
-            if self.backend == "reference":
-                return lstm_gates_reference(gx, h0, c0, w_hh, b_hh)
-            return lstm_from_gates(gx, h0, c0, w_hh, b_hh)
-        pattern = site.active_pattern()
         reference = self.backend == "reference"
-        if pattern is None or reference:
-            flush_params(w_ih, b_ih)  # dense reads of the stored tensors
-        if pattern is None:
+        grouped = site.group_patterns(x.shape[0]) is not None  # one pattern per time-step class
+        pattern = site.active_pattern()
+        if not grouped and (pattern is None or pattern.kind == "row"):
+            # The fused kernel does the input GEMM itself: dense, or over the kept columns only
+            # (gathered once: oneDNN would otherwise copy the strided view in forward and again
+            # in backward; the slice's backward writes the full-size gradient param.grad needs).
             if site.kind == "bernoulli":
                 x = site.bernoulli(x)
-            run = lstm_layer_reference if reference else lstm_layer_fused
-            return run(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        dp, off = pattern.dp, pattern.offset
-        if pattern.kind == "row":
-            scale = pattern.row_scale(self.hidden_size)
+            if pattern is None or reference:
+                flush_params(w_ih, b_ih)  # dense reads of the stored tensors
             if reference:
-                mask = pattern.row_mask(self.hidden_size).to(x) * scale
-                return lstm_layer_reference(x * mask, h0, c0, w_ih, w_hh, b_ih, b_hh)
-            # The fused kernel's input GEMM runs over the kept columns only. The kept
-            # columns are gathered once (oneDNN would otherwise copy the strided view in
-            # forward and again in backward); the slice's backward writes the full-size,
-            # zero-filled gradient that param.grad needs anyway.
-            return lstm_layer_fused(x[..., off::dp] * scale, h0, c0, w_ih[:, off::dp].contiguous(), w_hh, b_ih, b_hh)
-        scale = pattern.tile_scale(*w_ih.shape)
-        if reference:
-            masked = w_ih * (pattern.tile_mask(*w_ih.shape).to(w_ih) * scale)
-            return lstm_layer_reference(x, h0, c0, masked, w_hh, b_ih, b_hh)
-        steps, batch, _ = x.shape
-        gx = tile_linear(x.reshape(steps * batch, -1), w_ih, b_ih, dp, off, self.tile, scale)
-        return lstm_from_gates(gx.view(steps, batch, -1), h0, c0, w_hh, b_hh)
+                if pattern is not None:
+                    x = x * (pattern.row_mask(self.hidden_size).to(x) * pattern.row_scale(self.hidden_size))
+                return lstm_layer_reference(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            if pattern is None:
+                return lstm_layer_fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+            dp, off = pattern.dp, pattern.offset
+            return lstm_layer_fused(x[..., off::dp] * pattern.row_scale(self.hidden_size), h0, c0,
+                                    w_ih[:, off::dp].contiguous(), w_hh, b_ih, b_hh)
+        # Tile, or one pattern per time-step class: the input projection with the site's
+        # dropout, then the recurrence from the precomputed gates.
+        gx = site_linear(site, x, w_ih, b_ih, side="in", backend=self.backend)
+        return (lstm_gates_reference if reference else lstm_from_gates)(gx, h0, c0, w_hh, b_hh)
 
     def _decode(self, site: PatternSite, x):
-        w, b = self.decoder.weight, self.decoder.bias
-        groups = self._time_groups(site, x, w)
-        if groups is not None:
-            return self._grouped_projection(groups, x, w, b)
-        pattern = site.active_pattern()
-        if pattern is None or self.backend == "reference":
-            flush_params(w, b)  # dense reads of the stored tensors
-        if pattern is None:
-            if site.kind == "bernoulli":
-                x = site.bernoulli(x)
-            return F.linear(x, w, b)
-        dp, off = pattern.dp, pattern.offset
-        if pattern.kind == "row":
-            scale = pattern.row_scale(self.hidden_size)
-            if self.backend == "reference":
-                return F.linear(x * (pattern.row_mask(self.hidden_size).to(x) * scale), w, b)
-            return compact_linear(x[..., off::dp], w, b, 1, 0, dp, off, in_scale=scale)
-        scale = pattern.tile_scale(*w.shape)
-        if self.backend == "reference":
-            return F.linear(x, w * (pattern.tile_mask(*w.shape).to(w) * scale), b)
-        steps, batch, _ = x.shape
-        return tile_linear(x.reshape(steps * batch, -1), w, b, dp, off, self.tile, scale).view(steps, batch, -1)
+        return site_linear(site, x, self.decoder.weight, self.decoder.bias, side="in", backend=self.backend)
 
     def extra_repr(self) -> str:
         return (
