@@ -28,7 +28,7 @@ def _targets(node, found):
 def test_groups_are_the_documented_ones():
     assert set(GROUPS) == {"model", "dropout", "search", "data", "trainer", "logger", "callbacks", "experiment"}
     models = {o for g, o in OPTIONS if g == "model"}
-    assert models == {"mlp_1024x64", "mlp_1024x1024", "mlp_2048x2048", "mlp_4096x4096", "lstm2", "lstm3"}
+    assert models == {"mlp", "mlp_1024x64", "mlp_1024x1024", "mlp_2048x2048", "mlp_4096x4096", "lstm", "lstm2", "lstm3"}
     assert {o for g, o in OPTIONS if g == "dropout"} == {"row", "tile", "bernoulli", "none"}
     assert {o for g, o in OPTIONS if g == "search"} == {"sgd", "maxent"}
     assert {o for g, o in OPTIONS if g == "trainer"} == {"cpu", "gpu", "ddp"}
@@ -71,6 +71,20 @@ def test_experiments_override_model():
     assert list(cfg.model.hidden) == [2048, 2048] and cfg.trainer.max_steps == 60000
     cfg = compose_cfg(BASE + ["experiment=paper_lstm"])
     assert cfg.model.num_layers == 2 and cfg.data.seq_len == 35
+
+
+def test_size_variants_are_thin():
+    """Each size variant sets one key over its family base: the base holds everything else once."""
+    for family, key, variants in [("mlp", "hidden", ["mlp_1024x64", "mlp_1024x1024", "mlp_2048x2048", "mlp_4096x4096"]),
+                                  ("lstm", "num_layers", ["lstm2", "lstm3"])]:
+        base = OmegaConf.to_container(compose_cfg(BASE + [f"model={family}"]))
+        for variant in variants:
+            text = (Path(CONF) / "model" / f"{variant}.yaml").read_text()
+            assert f"- {family}" in text and "_target_" not in text, variant
+            cfg = OmegaConf.to_container(compose_cfg(BASE + [f"model={variant}"]))
+            differing = {k for k in cfg["model"] if cfg["model"][k] != base["model"][k]}
+            assert differing <= {key}, (variant, differing)
+            assert {k: v for k, v in cfg.items() if k != "model"} == {k: v for k, v in base.items() if k != "model"}
 
 
 def test_ddp_trainer_uses_two_processes():
