@@ -104,7 +104,7 @@ class PatternProbe:
     def __new__(cls, path: str):
         import pytorch_lightning as pl
 
-        from ardrop.nn import PatternSite
+        from ardrop.planning import structured_sites
 
         class _Probe(pl.Callback):
             def __init__(self):
@@ -113,11 +113,7 @@ class PatternProbe:
                 self.batches: list[tuple[int, float, float]] = []  # (step, input sum, target sum): the data order
 
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                pats = tuple(
-                    (n, m.pattern.dp, m.pattern.offset)
-                    for n, m in pl_module.named_modules()
-                    if isinstance(m, PatternSite) and m.structured
-                )
+                pats = tuple((n, m.pattern.dp, m.pattern.offset) for n, m in structured_sites(pl_module))
                 self.steps.append((trainer.global_step, pats))
                 self.batches.append((trainer.global_step, float(batch[0].double().sum()), float(batch[1].double().sum())))
 

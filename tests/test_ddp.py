@@ -10,7 +10,9 @@ import pytest
 from conftest import run_cli, small_overrides
 
 
-@pytest.mark.parametrize("dropout, optimizer", [("tile", "sgd"), ("row", "lazy_sgd"), ("tile", "lazy_sgd")])
+# Each case starts two processes (~30 s on 2 cores): the default run keeps one, `-m slow` the others.
+@pytest.mark.parametrize("dropout, optimizer", [pytest.param("tile", "sgd", marks=pytest.mark.slow), ("row", "lazy_sgd"),
+                                               pytest.param("tile", "lazy_sgd", marks=pytest.mark.slow)])
 def test_ddp_two_cpu_ranks_agree(synth_data, tmp_path, dropout, optimizer):
     probe = tmp_path / "probe"
     args = [

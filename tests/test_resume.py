@@ -31,8 +31,8 @@ def _cfg(synth_data, out, probe, extra=(), dropout="tile"):
     ])
 
 
-@pytest.mark.parametrize("dropout, optimizer", [("tile", "sgd"), ("row", "lazy_sgd"), ("tile", "lazy_sgd"),
-                                               ("bernoulli", "sgd")])
+@pytest.mark.parametrize("dropout, optimizer", [pytest.param("tile", "sgd", marks=pytest.mark.slow), ("row", "lazy_sgd"),
+                                               ("tile", "lazy_sgd"), ("bernoulli", "sgd")])
 def test_resume_replays_patterns_and_weights(synth_data, tmp_path, dropout, optimizer):
     """With LazySGD too: saving a checkpoint folds its pending update into the weights in
     the uninterrupted run at the same step, so the resumed run starts from the same values."""
