@@ -3,6 +3,7 @@
 ``compact_linear`` (row patterns, compact activations) and ``tile_linear`` (tile
 patterns) run forward, grad-input and grad-weight on the kept part only. On CUDA tensors
 they dispatch to ``cuda_ext`` when it is built and passed its self-check.
+Imports: torch, `ardrop.contract`, `ardrop.patterns`, `ardrop.checks`, `ardrop.native`, `cuda_ext`.
 """
 
 from ardrop.functional.compact import compact_linear

@@ -1,4 +1,7 @@
-"""Modules that skip dropped work, mirroring ``torch.nn``; the ops live in ``ardrop.functional``."""
+"""Modules that skip dropped work, mirroring ``torch.nn``; the ops live in ``ardrop.functional``.
+
+Imports: torch, `ardrop.functional`, `ardrop.contract`, `ardrop.patterns`, `ardrop.checks`.
+"""
 
 from ardrop.nn.linear import ApproxLinear
 from ardrop.nn.lstm import ApproxLSTMLM

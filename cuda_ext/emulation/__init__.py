@@ -2,7 +2,7 @@
 
 Why: lets machines without a GPU run the real binding, the real kernel bodies and the
 autograd wrappers end to end (see host_emulator.cpp). Never used by the layers; only
-tests and kernel developers call it.
+tests and kernel developers call it. Imports: torch's cpp_extension, `cuda_ext.loader`.
 """
 from __future__ import annotations
 
