@@ -1,0 +1,345 @@
+"""`summary.json` (callbacks.RunSummary) and `python -m ardrop.report`, end to end.
+
+Real 2-step training runs (tiny models, synthetic data) go through the experiment configs
+as Hydra multiruns; the report is built from their summaries, and every number the tests
+check in the tables is recomputed here from the summary files themselves.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+
+from ardrop import paper_numbers
+from ardrop.report import ReportError, build_report, time_to, value_at
+from ardrop.train import run
+from conftest import REPO, compose_cfg, run_cli, small_overrides
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MLP_ARGS = ["model=mlp_1024x64", "rate=0.5,0.7", "seed=0,1", "data.batch_size=64", "data.val_size=100",
+            "data.eval_batch_size=100", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+            "trainer.val_check_interval=1", "trainer.limit_test_batches=1"]
+LSTM_ARGS = ["dropout=row,bernoulli", "model.hidden_size=16", "data.batch_size=4", "data.eval_batch_size=4",
+             "data.seq_len=8", "trainer.limit_train_batches=2", "trainer.val_check_interval=1",
+             "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
+
+
+def _common(data):
+    """Tiny-run settings: no logger, no checkpoint files (test on the last weights), the exact search (fast)."""
+    return [f"data_dir={data}", "data.verify=false", "logger=none", "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1", "search=maxent",
+            "callbacks.checkpoint=null", "callbacks.interval_checkpoint=null", "+trainer.enable_checkpointing=false"]
+
+
+@pytest.fixture(scope="module")
+def sweeps(synth_data, tmp_path_factory):
+    """experiment=table1 (MLP: bernoulli/row/tile x 2 rates x 2 seeds) and experiment=fig6 (LSTM row vs
+    bernoulli), each one `python -m ardrop.train -m` multirun with command-line overrides of its sweep lists."""
+    root = tmp_path_factory.mktemp("sweeps")
+    out = {}
+    for name, args in (("table1", MLP_ARGS), ("fig6", LSTM_ARGS)):
+        res = run_cli(["-m", f"experiment={name}", f"hydra.sweep.dir={root / name}", *_common(synth_data), *args],
+                      cwd=root, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        out[name] = root / name
+    return out
+
+
+def _summaries(folder):
+    return [json.loads(p.read_text()) for p in sorted(folder.rglob("summary.json"))]
+
+
+# -- the summary file ---------------------------------------------------------------------
+def test_summary_contents(sweeps):
+    mlp = _summaries(sweeps["table1"])
+    assert len(mlp) == 12
+    assert {(d["choices"]["dropout"], d["choices"]["rate"], d["choices"]["seed"]) for d in mlp} == {
+        (k, r, s) for k in ("bernoulli", "row", "tile") for r in (0.5, 0.7) for s in (0, 1)}
+    for d in mlp:
+        assert d["status"] == "tested" and d["choices"]["experiment"] == "table1"
+        assert d["choices"]["arch"] == "1024x64" and d["config"]["trainer"]["limit_train_batches"] == 2
+        assert 0.0 <= d["final"]["test_acc"] <= 1.0 and d["final"]["best_val"]["metric"] == "val_acc"
+        assert d["final"]["best_val"]["value"] == max(p["val_acc"] for p in d["curve"])
+        t = d["timing"]
+        assert t["steps"] == 2 and t["train_time_s"] > 0 and t["step_median_s"] > 0
+        assert [p["step"] for p in d["curve"]] == [1, 2]  # validation after each step
+        assert d["curve"][0]["train_time_s"] < d["curve"][1]["train_time_s"] <= t["train_time_s"] + 1e-3
+        assert [p[0] for p in d["loss_curve"]["points"]] == [1, 2]
+        assert d["machine"]["torch"] and d["machine"]["torch_threads"] >= 1 and d["machine"]["cpu_count"] >= 1
+        assert len(json.dumps(d)) < 20_000  # kB, not MB
+        sites = d["patterns"]
+        assert len(sites) == 2 and {s["kind"] for s in sites} == {d["choices"]["dropout"]}
+        for s in sites:
+            if s["kind"] == "bernoulli":
+                assert "probs" not in s
+                continue
+            probs = np.array(s["probs"])
+            assert s["N"] == len(probs) and abs(probs.sum() - 1) < 1e-4
+            achieved = float(probs @ ((np.arange(1, s["N"] + 1) - 1) / np.arange(1, s["N"] + 1)))
+            assert abs(achieved - s["achieved_rate"]) < 1e-4 and abs(achieved - s["rate"]) < 2e-3
+    lstm = _summaries(sweeps["fig6"])
+    assert sorted(d["choices"]["dropout"] for d in lstm) == ["bernoulli", "row"]  # the command line's list
+    for d in lstm:
+        assert d["choices"]["family"] == "lstm" and d["choices"]["arch"] == "3x16"  # experiment=fig6 is lstm3
+        assert d["choices"]["rate"] == 0.5 and "test_ppl" in d["final"] and len(d["curve"]) == 2
+
+
+class SleepyCallback(pl.Callback):
+    """Sleeps in every validation batch (must not count as training time) and after every training
+    batch (must count); records the wall time between train start and end as seen from outside."""
+
+    def __init__(self, val_sleep: float, train_sleep: float, record: str):
+        self.val_sleep, self.train_sleep, self.record = val_sleep, train_sleep, record
+
+    def on_train_start(self, trainer, pl_module):
+        self.t0 = time.perf_counter()
+        self.val_starts = []
+
+    def on_validation_start(self, trainer, pl_module):
+        self.val_starts.append(time.perf_counter() - self.t0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(self.train_sleep)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        time.sleep(self.val_sleep)
+
+    def on_train_end(self, trainer, pl_module):
+        with open(self.record, "w") as fh:
+            json.dump({"wall": time.perf_counter() - self.t0, "val_starts": self.val_starts,
+                       "val_batches": trainer.num_val_batches}, fh)
+
+
+def test_train_time_excludes_validation(synth_data, tmp_path):
+    val_sleep, train_sleep = 0.4, 0.15
+    record = tmp_path / "wall.json"
+    cfg = compose_cfg(small_overrides(synth_data, tmp_path / "o") + [
+        "logger=none", "trainer.limit_train_batches=2", "trainer.val_check_interval=1", "data.val_size=100",
+        "test=false", "+callbacks.sleepy._target_=test_report.SleepyCallback", f"+callbacks.sleepy.val_sleep={val_sleep}",
+        f"+callbacks.sleepy.train_sleep={train_sleep}", f"+callbacks.sleepy.record={record}"])
+    run(cfg)
+    d = json.loads((tmp_path / "o" / "summary.json").read_text())
+    outside = json.loads(record.read_text())
+    slept_in_val = val_sleep * 2 * outside["val_batches"][0]  # 2 validations
+    t = d["timing"]
+    assert d["status"] == "fit" and "test_acc" not in d["final"]  # test=false: the after-fit summary
+    assert t["train_time_s"] >= 2 * train_sleep  # training-side time counts
+    assert t["validation_s"] >= slept_in_val
+    assert t["train_time_s"] <= outside["wall"] - slept_in_val + 0.05  # validation time does not
+    # each curve point's clock stops at its validation's start and excludes the validations before it
+    per_val = slept_in_val / 2
+    for i, (point, seen_outside) in enumerate(zip(d["curve"], outside["val_starts"])):
+        assert (i + 1) * train_sleep <= point["train_time_s"] <= seen_outside - i * per_val + 0.05
+
+
+class StopAfterFirstEpoch(pl.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+
+class FailAtStep(pl.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"injected failure at step {self.step}")
+
+
+def test_resumed_run_continues_clock_and_curves(synth_data, tmp_path):
+    """Checkpoints carry the summary's clock: a stopped run resumed from last.ckpt reports the whole run."""
+    base = small_overrides(synth_data, tmp_path / "o") + [
+        "logger=none", "trainer.max_epochs=2", "trainer.limit_train_batches=2", "data.val_size=100", "test=false",
+        "search=maxent", "callbacks.interval_checkpoint=null"]
+    run(compose_cfg(base + ["+callbacks.stop._target_=test_report.StopAfterFirstEpoch"]))
+    first = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert first["timing"]["steps"] == 2 and len(first["curve"]) == 1
+    run(compose_cfg(base + [f"ckpt_path={tmp_path / 'o' / 'checkpoints' / 'last.ckpt'}"]))
+    d = json.loads((tmp_path / "o" / "summary.json").read_text())
+    t = d["timing"]
+    assert t["steps"] == 4 and t["resumed_from_step"] == 2
+    assert [p["step"] for p in d["curve"]] == [2, 4] and d["curve"][0] == first["curve"][0]
+    assert t["train_time_s"] > d["curve"][0]["train_time_s"] and d["curve"][1]["train_time_s"] > d["curve"][0]["train_time_s"]
+    assert [p[0] for p in d["loss_curve"]["points"]] == [1, 2, 3, 4]
+
+
+def test_failed_run_leaves_a_summary(synth_data, tmp_path):
+    cfg = compose_cfg(small_overrides(synth_data, tmp_path / "o") + [
+        "logger=none", "trainer.limit_train_batches=4", "data.val_size=100", "search=maxent",
+        "+callbacks.fail._target_=test_report.FailAtStep", "+callbacks.fail.step=2"])
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run(cfg)
+    d = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert d["status"] == "failed" and "injected failure at step 2" in d["error"]
+    assert d["timing"]["steps"] == 2 and d["timing"]["train_time_s"] > 0
+    res = build_report([tmp_path / "o"], tmp_path / "rep")  # listed, left out of the tables
+    assert "table1.md" in res["skipped"] and any("status failed" in n for n in res["notes"])
+    assert "failed" in (tmp_path / "rep" / "runs.csv").read_text()
+
+
+# -- the report -----------------------------------------------------------------------------
+def _cells(md: str, first: str) -> list[list[str]]:
+    """Rows of the markdown tables in ``md`` whose first cell is ``first``."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines() if line.startswith("|")]
+    return [r for r in rows if r[0] == first]
+
+
+def _parse(cell: str) -> tuple[float, float | None, int]:
+    m = re.fullmatch(r"x?(-?[\d.]+)(?: ± ([\d.]+))? \(n=(\d+)\)", cell)
+    assert m, cell
+    return float(m[1]), (float(m[2]) if m[2] else None), int(m[3])
+
+
+def test_report_numbers_match_the_summaries(sweeps, tmp_path):
+    out = tmp_path / "results"
+    lines = []
+    res = build_report([sweeps["table1"], sweeps["fig6"]], out, fig5_arch="1024x64", progress=lines.append)
+    assert res["runs"] == 14
+    names = {p.name for p in res["written"]}
+    assert {"table1.md", "table2.md", "fig5.png", "fig6.png", "patterns.png", "runs.csv", "report.md"} <= names
+    assert any("wrote" in s and "table1.md" in s for s in lines)
+
+    docs = [d for d in _summaries(sweeps["table1"])]
+    by = {(d["choices"]["dropout"], d["choices"]["rate"], d["choices"]["seed"]): d for d in docs}
+    header = next(r for r in ([c.strip() for c in line.strip().strip("|").split("|")]
+                              for line in (out / "table1.md").read_text().splitlines()) if r[0] == "rate")
+    col = {name: i for i, name in enumerate(header)}
+    rows = _cells((out / "table1.md").read_text(), "0.5") + _cells((out / "table1.md").read_text(), "0.7")
+    assert len(rows) == 4  # 2 rates x (row, tile)
+    for row in rows:
+        rate, kind = float(row[col["rate"]]), row[col["kind"]]
+        assert row[col["size"]] == "1024x64"
+        for label, k in (("Bernoulli acc %", "bernoulli"), ("approx acc %", kind)):
+            accs = [100 * by[(k, rate, s)]["final"]["test_acc"] for s in (0, 1)]
+            mean, std, n = _parse(row[col[label]])
+            assert n == 2 and mean == pytest.approx(statistics.fmean(accs), abs=0.006)
+            assert std == pytest.approx(statistics.stdev(accs), abs=0.006)
+        ratios = [by[("bernoulli", rate, s)]["timing"]["train_time_s"] / by[(kind, rate, s)]["timing"]["train_time_s"]
+                  for s in (0, 1)]
+        mean, std, n = _parse(row[col["speedup"]])
+        assert n == 2 and mean == pytest.approx(statistics.fmean(ratios), abs=0.006)
+        # accuracy at equal wall time, recomputed with numpy's interpolation; a pair whose shorter
+        # training time ends before one run's first validation has no value there
+        deltas = []
+        for s in (0, 1):
+            b, a = by[("bernoulli", rate, s)], by[(kind, rate, s)]
+            t = min(b["timing"]["train_time_s"], a["timing"]["train_time_s"])
+            if any(t < d["curve"][0]["train_time_s"] for d in (a, b)):
+                continue
+            interp = [np.interp(t, [p["train_time_s"] for p in d["curve"]], [p["val_acc"] for p in d["curve"]])
+                      for d in (a, b)]
+            deltas.append(100 * (interp[0] - interp[1]))
+        cell = row[col["Δ pp at equal time"]]
+        if deltas:
+            mean, _, n = _parse(cell)
+            assert n == len(deltas) and mean == pytest.approx(statistics.fmean(deltas), abs=0.006)
+        else:
+            assert cell == "—"
+        paper = paper_numbers.TABLE1[("1024x64", rate, kind)]
+        assert row[col["paper Bernoulli %"]] == f"{paper[0]:.2f}" and row[col["paper speedup"]] == f"x{paper[2]:.2f}"
+
+    t2 = (out / "table2.md").read_text()
+    lstm = {d["choices"]["dropout"]: d for d in _summaries(sweeps["fig6"])}
+    (row,) = _cells(t2, "3x16")
+    assert row[2] == "row"
+    assert _parse(row[3])[0] == pytest.approx(lstm["bernoulli"]["final"]["test_ppl"], abs=0.006)
+    assert _parse(row[4])[0] == pytest.approx(lstm["row"]["final"]["test_ppl"], abs=0.006)
+    ratio = lstm["bernoulli"]["timing"]["train_time_s"] / lstm["row"]["timing"]["train_time_s"]
+    assert _parse(row[9]) == (pytest.approx(ratio, abs=0.006), None, 1)
+    assert row[-1] == "—"  # 16 units: the paper's 1000-unit numbers are not shown
+
+    for name in ("fig5.png", "fig6.png", "patterns.png"):
+        blob = (out / name).read_bytes()
+        assert blob.startswith(PNG_MAGIC) and len(blob) > 10_000, name
+    with open(out / "runs.csv") as fh:
+        listed = list(csv.DictReader(fh))
+    assert len(listed) == 14 and {r["status"] for r in listed} == {"tested"}
+
+
+def test_report_cli_collect_and_missing_runs(sweeps, tmp_path):
+    """The command as documented: default figure choices (no 2048x2048 runs -> fig5 skipped, saying why),
+    --collect copies, and a report rebuilt from the copies alone gives the same tables."""
+    out, copies = tmp_path / "a", tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-m", "ardrop.report", str(sweeps["table1"]), str(sweeps["fig6"]),
+                          "--out", str(out), "--collect", str(copies)], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "skipped fig5.png" in res.stderr and "2048x2048" in res.stderr
+    assert "fig5.png" in res.stdout  # the summary line names what was skipped
+    assert "fig5.png" in (out / "report.md").read_text() and not (out / "fig5.png").exists()
+    collected = sorted(copies.glob("*.json"))
+    assert len(collected) == 14 and all(p.name.startswith(("table1-mlp_1024x64-", "fig6-lstm3-")) for p in collected)
+    again = build_report([copies], tmp_path / "b")
+    assert again["runs"] == 14
+    for name in ("table1.md", "table2.md"):
+        assert (tmp_path / "b" / name).read_text() == (out / name).read_text()
+    # the sweep dir and its copies together: each run counted once
+    assert build_report([sweeps["table1"], copies], tmp_path / "c")["runs"] == 14
+
+
+def test_report_errors(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "other.json").write_text("{}")
+    with pytest.raises(ReportError, match="no run summaries found under it.*summary.json"):
+        build_report([empty], tmp_path / "out")
+    with pytest.raises(ReportError, match="no such file or directory"):
+        build_report([tmp_path / "nope"], tmp_path / "out")
+    with pytest.raises(ReportError, match="not a run summary"):
+        build_report([empty / "sub" / "other.json"], tmp_path / "out")
+    res = subprocess.run([sys.executable, "-m", "ardrop.report", str(empty), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert res.returncode == 2 and "error:" in res.stderr and str(empty) in res.stderr
+
+
+def test_curve_interpolation():
+    curve = [(1.0, 0.5), (3.0, 0.9), (5.0, 0.8)]
+    assert value_at(curve, 0.5) is None  # before the first validation: unknown
+    assert value_at(curve, 2.0) == pytest.approx(0.7)
+    assert value_at(curve, 9.0) == 0.8
+    assert time_to(curve, 0.7, higher_is_better=True) == pytest.approx(2.0)
+    assert time_to(curve, 0.5, higher_is_better=True) == 1.0
+    assert time_to(curve, 0.95, higher_is_better=True) is None
+    ppl = [(1.0, 300.0), (2.0, 200.0)]
+    assert time_to(ppl, 250.0, higher_is_better=False) == pytest.approx(1.5)
+
+
+def test_experiment_sweeps_compose():
+    """`-m experiment=<name>` alone sweeps the documented lists; each experiment names its sweep dir
+    outputs/multiruns/<name>/ (which takes effect once conf/config.yaml lists _self_ before experiment)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from conftest import CONF
+
+    expected = {
+        "table1": {"model": "mlp_1024x64,mlp_1024x1024,mlp_2048x2048,mlp_4096x4096", "rate": "0.5,0.7",
+                   "dropout": "bernoulli,row,tile", "seed": "0,1,2"},
+        "fig5": {"rate": "0.3,0.4,0.5,0.6,0.7", "dropout": "bernoulli,row,tile", "seed": "0"},
+        "table2": {"model": "lstm2,lstm3", "rate": "0.3,0.5,0.7", "dropout": "bernoulli,row,tile", "seed": "0"},
+        "fig6": {"rate": "0.5", "dropout": "bernoulli,row,tile", "seed": "0"},
+    }
+    for name, params in expected.items():
+        with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+            cfg = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True)
+        assert {k: str(v) for k, v in cfg.hydra.sweeper.params.items()} == params, name
+        text = (REPO / "conf" / "experiment" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_")
+        assert OmegaConf.create(text).hydra.sweep.dir.startswith(f"outputs/multiruns/{name}/")
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        t2 = compose("config", overrides=["experiment=table2", "model=lstm3"])
+        f6 = compose("config", overrides=["experiment=fig6"])
+        f5 = compose("config", overrides=["experiment=fig5"])
+    assert t2.model.num_layers == 3 and t2.trainer.limit_train_batches == 0.5 and t2.trainer.max_epochs == 1
+    assert f6.model.num_layers == 3 and f6.trainer.val_check_interval == 0.1
+    assert list(f5.model.hidden) == [2048, 2048] and f5.trainer.max_epochs == 20
