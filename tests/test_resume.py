@@ -137,3 +137,15 @@ def test_a_killed_run_resumes_mid_epoch_bit_exact(synth_data, tmp_path, model, d
     assert got["batches"] == want["batches"][saved["global_step"]:]  # the same data in the same order
     for name, w in want["weights"].items():
         assert torch.equal(w, got["weights"][name]), name
+
+
+def test_one_last_checkpoint_holds_the_newest_state(synth_data, tmp_path):
+    """The epoch-end checkpoint and the interval checkpoint share last.ckpt: a crash after a
+    mid-epoch save resumes from that save, not from a last.ckpt left at the previous epoch's end
+    (Lightning would otherwise version the second writer's file as last-v1.ckpt)."""
+    run(_cfg(synth_data, tmp_path / "a", tmp_path / "pa", [
+        "trainer.max_epochs=2", "callbacks.interval_checkpoint.train_time_interval=null",
+        "callbacks.interval_checkpoint.every_n_train_steps=3"]))
+    names = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
+    assert [n for n in names if n.startswith("last")] == ["last.ckpt"], names
+    assert torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2 * 4
