@@ -1,5 +1,8 @@
 """``python -m ardrop.bench --loop trainer``: the real Lightning loop, Bernoulli vs approximate dropout.
 
+Holds: ``run_loop_bench`` and the config plumbing around it. Imports: torch, stdlib and,
+inside functions, hydra, pytorch_lightning, ``ardrop.train`` and ``ardrop.bench_core``.
+
 Why beside the core bench: a user runs ``python -m ardrop.train``, and what they pay per
 step there includes everything around forward/backward/step (callbacks, logging, metrics,
 clipping, the data loader). This command builds each side exactly as ``ardrop.train``
@@ -15,7 +18,7 @@ rounds interleave the sides the way the core bench's periods do. The figure per 
 the median over rounds of each fit's median step. Validation, checkpoints and the test
 split are off (they are not training time); the progress bar is off (its output is
 throttled and would interleave with this table). After the loop rounds the core bench
-(``ardrop.bench``) times the same model, rate and optimiser with its own method, so the
+(``ardrop.bench_core.bench_one``) times the same model, rate and optimiser with its own method, so the
 loop's overhead over the core is one column: ``loop/core``.
 """
 from __future__ import annotations
@@ -107,7 +110,7 @@ def fit_once(model_name: str, dropout: str, rate: float, steps: int, warmup: int
 
 def core_spec(cfg, model_name: str):
     """The core bench's ModelSpec for a composed config (same sizes, batch and sequence length)."""
-    from ardrop.bench import MNIST_CLASSES, MNIST_IN, ModelSpec
+    from ardrop.bench_core import MNIST_CLASSES, MNIST_IN, ModelSpec
 
     m = cfg.model
     if "hidden" in m:
@@ -118,7 +121,7 @@ def core_spec(cfg, model_name: str):
 
 
 def run_loop_bench(args) -> dict:
-    from ardrop.bench import bench_one
+    from ardrop.bench_core import bench_one
 
     import logging
 

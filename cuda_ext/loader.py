@@ -1,16 +1,21 @@
-"""Build, cache and self-check the ardrop CUDA extension.
+"""Build and cache the ardrop CUDA extension, and publish it once it passed the self-check it was handed.
+
+Holds: the sources, flags and cache key; ``load``/``available``/``unavailable_reason``/
+``status``; ``hand_over_self_check``. Imports: torch, stdlib and ``cuda_ext._lazy_build``
+(never ardrop: ardrop dispatches into this package).
 
 Why a JIT build: the kernels must match the local GPU architecture and the installed
 torch/CUDA pair, so they are compiled with ``torch.utils.cpp_extension.load`` on first
-use (or ahead of time with ``python -m cuda_ext.loader``) into a cache directory keyed
-by torch version, CUDA version, Python version and a hash of the sources; a later
-process reuses the built module without recompiling.
+use (or ahead of time with ``python -m ardrop.functional.kernel_check``) into a cache
+directory keyed by torch version, CUDA version, Python version and a hash of the sources;
+a later process reuses the built module without recompiling.
 
 The build is never attempted where ``torch.cuda.is_available()`` is False, so CPU
 machines (and CPU-only torch builds) never invoke nvcc. A freshly built module must
 also pass a small self-check against a dense masked reference before the layers use it;
-if the build or the check fails, the layers keep the torch GPU path and one warning
-says why.
+the check is ardrop's (``ardrop.functional.kernel_check``: it compares with ardrop's
+references), handed over by ardrop's dispatch before its first CUDA call. If the build
+or the check fails, the layers keep the torch GPU path and one warning says why.
 
 ``ARDROP_CUDA_EXT`` selects the behaviour: ``0``/``off`` never builds (torch GPU path),
 ``1``/``auto`` (default) builds on first CUDA use and falls back on failure,
@@ -23,14 +28,13 @@ import hashlib
 import os
 import re
 import sys
-import threading
-import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ardrop.build_switch import switch_mode
+from ._lazy_build import LazyBuild
 
 EXT_NAME = "ardrop_cuda_ext"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -44,13 +48,14 @@ HEADERS = tuple(sorted(KERNEL_DIR.glob("*.h")) + sorted(KERNEL_DIR.glob("*.cuh")
 CXX_FLAGS = ("-O3",)
 NVCC_FLAGS = ("-O3", "--expt-relaxed-constexpr", "-lineinfo")
 
+
 class CudaExtUnavailable(RuntimeError):
     """The CUDA extension cannot be used here; the message says why and what to do."""
 
 
 def env_mode() -> str:
     """Return "off", "auto" or "require" from ``ARDROP_CUDA_EXT``."""
-    return switch_mode("ARDROP_CUDA_EXT", "torch GPU path", "build the CUDA kernels on first use")
+    return _KERNELS.mode()
 
 
 def cache_root() -> Path:
@@ -81,24 +86,15 @@ def build_directory() -> Path:
     return cache_root() / re.sub(r"[^A-Za-z0-9._-]", "_", tag)
 
 
-class _State:
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.module: Any = None  # built and self-checked
-        self.failure: str | None = None  # build or self-check failure (sticky)
-        self.warned = False
-
-
-_STATE = _State()
-
-
 def not_attempted_reason() -> str | None:
     """Why no build is attempted in this process (None if a build may be attempted).
 
     Checked on every call, so changing ``ARDROP_CUDA_EXT`` takes effect at once.
     """
-    if env_mode() == "off":
-        return "disabled by ARDROP_CUDA_EXT=0: the layers use the torch GPU path"
+    return _KERNELS.not_attempted()
+
+
+def _no_cuda_reason() -> str | None:
     if not torch.cuda.is_available():
         return (
             "CUDA is not available (torch.cuda.is_available() is False: no GPU, no "
@@ -137,9 +133,66 @@ def _build_failure_text(exc: BaseException) -> str:
         f"  sources: {', '.join(str(p) for p in SOURCES)}\n"
         "  The layers fall back to the torch GPU path. To fix: make nvcc for "
         f"CUDA {torch.version.cuda} and a host compiler accepted by torch available "
-        "(CUDA_HOME, PATH), then rerun `python -m cuda_ext.loader` to see the full log; "
+        "(CUDA_HOME, PATH), then rerun `python -m ardrop.functional.kernel_check` to see the full log; "
         "or set ARDROP_CUDA_EXT=0 to stop trying."
     )
+
+
+def _sources_present() -> None:
+    """An incomplete install (sources left out of a wheel) is a clear fallback, not a FileNotFoundError."""
+    missing = [str(p) for p in (*SOURCES, *HEADERS) if not p.is_file()]
+    if missing or not HEADERS:
+        raise _MissingSources(
+            f"the ardrop CUDA extension's sources are missing ({', '.join(missing) or 'no headers in ' + str(KERNEL_DIR)}): "
+            "this install is incomplete. The layers fall back to the torch GPU path. To fix: reinstall ardrop "
+            "from a complete wheel or source tree (cuda_ext/kernels/*.cu, *.cuh, *.h must be installed), or set "
+            "ARDROP_CUDA_EXT=0 to stop trying."
+        )
+
+
+class _MissingSources(Exception):
+    """Its message is the whole explanation (no build was attempted)."""
+
+
+def _explain(stage: str, exc: BaseException) -> str:
+    if isinstance(exc, _MissingSources):
+        return str(exc)
+    if stage == "build":
+        return _build_failure_text(exc)
+    return (
+        f"the ardrop CUDA extension built in {build_directory()} but failed its "
+        f"self-check against the dense masked reference: {exc}\n"
+        "  The layers fall back to the torch GPU path. Please report this with "
+        "your GPU model and torch/CUDA versions; ARDROP_CUDA_EXT=0 silences it."
+    )
+
+
+_KERNELS: LazyBuild[Any] = LazyBuild(
+    env_var="ARDROP_CUDA_EXT", off_means="torch GPU path", auto_means="build the CUDA kernels on first use",
+    disabled="disabled by ARDROP_CUDA_EXT=0: the layers use the torch GPU path",
+    unavailable=CudaExtUnavailable, explain=_explain, not_attempted=_no_cuda_reason,
+    no_check=(
+        "no self-check has been handed to cuda_ext.loader, so the kernels are not used: they are checked "
+        "against ardrop's dense masked references before first use, and cuda_ext cannot import ardrop. "
+        "Use them through ardrop.functional (compact_linear, tile_linear), which hands the check over, or "
+        "call cuda_ext.loader.hand_over_self_check(ardrop.functional.kernel_check.run_self_check) first."
+    ),
+)
+
+
+def hand_over_self_check(check: Callable[[Any], None]) -> None:
+    """The check a freshly built module must pass before any op uses it (``check(module)`` raises on a mismatch).
+
+    Why handed over: the check compares the kernels with ardrop's dense masked references
+    (``ardrop.functional.kernel_check``), and cuda_ext sits below ardrop. ardrop's
+    dispatch hands it over before its first CUDA call.
+    """
+    _KERNELS.hand_over_check(check)
+
+
+def _build_from_sources(verbose: bool = False) -> Any:
+    _sources_present()
+    return _build(verbose)
 
 
 def load(verbose: bool = False) -> Any:
@@ -148,42 +201,7 @@ def load(verbose: bool = False) -> Any:
     Raises CudaExtUnavailable with the reason when it cannot be used. A build or
     self-check failure is remembered for the rest of the process (no retry storm).
     """
-    reason = not_attempted_reason()
-    if reason is not None:
-        raise CudaExtUnavailable(reason)
-    with _STATE.lock:
-        if _STATE.module is not None:
-            return _STATE.module
-        if _STATE.failure is not None:
-            raise CudaExtUnavailable(_STATE.failure)
-        missing = [str(p) for p in (*SOURCES, *HEADERS) if not p.is_file()]
-        if missing or not HEADERS:
-            _STATE.failure = (
-                f"the ardrop CUDA extension's sources are missing ({', '.join(missing) or 'no headers in ' + str(KERNEL_DIR)}): "
-                "this install is incomplete. The layers fall back to the torch GPU path. To fix: reinstall ardrop "
-                "from a complete wheel or source tree (cuda_ext/kernels/*.cu, *.cuh, *.h must be installed), or set "
-                "ARDROP_CUDA_EXT=0 to stop trying."
-            )
-            raise CudaExtUnavailable(_STATE.failure)
-        try:
-            module = _build(verbose)
-        except Exception as exc:  # compiler/linker errors arrive as several types
-            _STATE.failure = _build_failure_text(exc)
-            raise CudaExtUnavailable(_STATE.failure) from exc
-        try:
-            from .selfcheck import run_self_check
-
-            run_self_check(module)
-        except Exception as exc:
-            _STATE.failure = (
-                f"the ardrop CUDA extension built in {build_directory()} but failed its "
-                f"self-check against the dense masked reference: {exc}\n"
-                "  The layers fall back to the torch GPU path. Please report this with "
-                "your GPU model and torch/CUDA versions; ARDROP_CUDA_EXT=0 silences it."
-            )
-            raise CudaExtUnavailable(_STATE.failure) from exc
-        _STATE.module = module
-        return module
+    return _KERNELS.load(lambda: _build_from_sources(verbose))
 
 
 def available() -> bool:
@@ -192,18 +210,7 @@ def available() -> bool:
     Never raises in the default mode: a failure warns once and returns False so the
     caller keeps the torch path. With ARDROP_CUDA_EXT=require a failure raises.
     """
-    mode = env_mode()
-    try:
-        load()
-        return True
-    except CudaExtUnavailable as exc:
-        if mode == "require":
-            raise
-        with _STATE.lock:
-            if _STATE.failure is not None and not _STATE.warned:
-                _STATE.warned = True
-                warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
-        return False
+    return _KERNELS.usable(_build_from_sources, stacklevel=2) is not None
 
 
 def unavailable_reason() -> str | None:
@@ -229,32 +236,4 @@ def status() -> dict[str, Any]:
 
 
 def _reset_for_tests() -> None:
-    with _STATE.lock:
-        _STATE.module = None
-        _STATE.failure = None
-        _STATE.warned = False
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m cuda_ext.loader``: build ahead of time (e.g. at install) and report."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--quiet", action="store_true", help="hide the compiler log")
-    args = parser.parse_args(argv)
-    reason = not_attempted_reason()
-    if reason is not None:
-        print(f"ardrop cuda_ext: not built: {reason}")
-        return 1
-    print(f"ardrop cuda_ext: building into {build_directory()} ...", flush=True)
-    try:
-        load(verbose=not args.quiet)
-    except CudaExtUnavailable as exc:
-        print(f"ardrop cuda_ext: FAILED\n{exc}")
-        return 1
-    print("ardrop cuda_ext: built and passed the self-check; CUDA layers use it by default")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    _KERNELS.reset()

@@ -53,7 +53,7 @@ def test_bench_rejects_bad_options(bad, match):
 @pytest.mark.parametrize("interleave", ["period", "step"])
 def test_time_pair_order(interleave):
     """Which side runs when, with which pattern position: the timing protocol itself."""
-    from ardrop.bench import time_pair
+    from ardrop.bench_core import time_pair
 
     calls, pos = [], [None]
 
@@ -73,36 +73,36 @@ def test_time_pair_order(interleave):
 @pytest.mark.parametrize("rate", [0.5, 0.7])
 def test_expected_flop_ratio_matches_closed_form(rate):
     """Row MLP: E[flops] = 2b(2*784*E[k1] + 3*E[k1]E[k2] + 3*10*E[k2]), E[k] = H * sum_dp p/dp."""
-    from ardrop import bench
+    from ardrop import bench_core
     from ardrop.search import search
 
     h, b = 96, 8
-    spec = bench.ModelSpec("mlp", "mlp", sizes=(784, h, h, 10), batch=b)
+    spec = bench_core.ModelSpec("mlp", "mlp", sizes=(784, h, h, 10), batch=b)
     p = search(rate, 8).probs
     ek = h * sum(q / dp for dp, q in enumerate(p, 1))
     expected = 2 * b * (2 * 784 * ek + 3 * ek * ek + 3 * 10 * ek)
     dense = 2 * b * (2 * 784 * h + 3 * h * h + 3 * 10 * h)
-    assert bench.expected_flop_ratio(spec, "row", [p, p], 8) == pytest.approx(dense / expected, rel=1e-12)
+    assert bench_core.expected_flop_ratio(spec, "row", [p, p], 8) == pytest.approx(dense / expected, rel=1e-12)
 
 
 def test_default_period_samples_the_joint_distribution():
     """The MLP default period's realised FLOP ratio is close to the expectation; 24 steps is not always."""
-    from ardrop import bench
+    from ardrop import bench, bench_core
 
     args = bench.parser().parse_args(["--models", "mlp2048", "--rates", "0.5"])
-    spec = bench.parse_model("mlp2048", args)
-    _, approx = bench.build_pair(spec, "row", 0.5, 32)
-    dense = bench.gemm_flops(spec, "row", [None, None], 32)
+    spec = bench_core.parse_model("mlp2048", args)
+    _, approx = bench_core.build_pair(spec, "row", 0.5, 32)
+    dense = bench_core.gemm_flops(spec, "row", [None, None], 32)
 
     def realised(steps, seed):
         args.seed = seed
-        seqs, searches = bench.site_sequences(approx, 0.5, steps, args)
-        flops = sum(bench.gemm_flops(spec, "row", [seq[s] for _, seq in seqs], 32) for s in range(steps)) / steps
+        seqs, searches = bench_core.site_sequences(approx, 0.5, steps, args)
+        flops = sum(bench_core.gemm_flops(spec, "row", [seq[s] for _, seq in seqs], 32) for s in range(steps)) / steps
         return dense / flops, [v["probs"] for v in searches.values()]
 
     _, probs = realised(8, 0)
-    exact = bench.expected_flop_ratio(spec, "row", probs, 32)
-    period = bench.DEFAULT_PERIOD["mlp"]
+    exact = bench_core.expected_flop_ratio(spec, "row", probs, 32)
+    period = bench_core.DEFAULT_PERIOD["mlp"]
     long_err = [abs(realised(period, seed)[0] / exact - 1) for seed in range(4)]
     short_err = [abs(realised(24, seed)[0] / exact - 1) for seed in range(4)]
     assert max(long_err) < 0.06 and max(short_err) > 0.06

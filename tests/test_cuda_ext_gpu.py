@@ -38,8 +38,10 @@ def emulated_ext(tmp_path_factory):
 def cuda_ext_module():
     if not HAS_CUDA:
         pytest.skip("CUDA is not available (torch.cuda.is_available() is False)")
+    from ardrop.functional.kernel_check import run_self_check
     from cuda_ext import loader
 
+    loader.hand_over_self_check(run_self_check)
     return loader.load()  # a GPU machine must build the kernels: failure fails the test
 
 
@@ -234,6 +236,13 @@ def test_compact_chaining(request, backend):
 
 
 def test_noncontiguous_and_validation(emulated_ext):
+    """A strided compact input works; wrong arguments are refused before any kernel runs.
+
+    ardrop.functional checks arguments where they enter (cuda_ext's wrappers trust it);
+    the binding refuses, whoever calls, what would index out of bounds or mix dtypes.
+    """
+    from ardrop.functional import compact_linear, tile_linear
+
     gen = torch.Generator().manual_seed(5)
     big = torch.randn(9, 40, generator=gen)
     x = big[:, ::2]  # non-contiguous compact input (20 columns = in_dp 2 of 40)
@@ -241,22 +250,33 @@ def test_noncontiguous_and_validation(emulated_ext):
     y = compact_linear_with(emulated_ext, x, w, None, 2, 0, 2, 1)
     ref = x.double() @ w.detach().double()[0::2, 1::2].T
     check("y", y.detach(), ref, FP32_TOL)
-    with pytest.raises(ValueError, match="keeps 20 of 40"):
-        compact_linear_with(emulated_ext, big, w, None, 2, 0, 2, 1)
-    with pytest.raises(ValueError, match="offset=2 must be < out_dp=2"):
-        compact_linear_with(emulated_ext, x, w, None, 2, 2, 2, 1)
+    with pytest.raises(ValueError, match="expects 20"):
+        compact_linear(big, w, None, 2, 0, 2, 1)
+    with pytest.raises(ValueError, match="offset must be in 0..dp-1"):
+        compact_linear(x, w, None, 2, 2, 2, 1)
     with pytest.raises(ValueError, match="in_scale"):
-        compact_linear_with(emulated_ext, x, w, None, 2, 0, 2, 1, in_scale=0.0)
-    with pytest.raises(ValueError, match="share one dtype"):
-        compact_linear_with(emulated_ext, x.half(), w, None, 2, 0, 2, 1)
-    with pytest.raises(ValueError, match="tile must be >= 1"):
+        compact_linear(x, w, None, 2, 0, 2, 1, in_scale=0.0)
+    with pytest.raises(ValueError, match="dtype"):
+        compact_linear(x.half(), w, None, 2, 0, 2, 1)
+    with pytest.raises(ValueError, match="tile size"):
+        tile_linear(big, w, None, 2, 0, 0, 1.0)
+    with pytest.raises(ValueError, match="exceeds the 30 units"):
+        compact_linear(x, w, None, 40, 35, 2, 1)
+    with pytest.raises(RuntimeError, match="keeps 20 of 40"):
+        compact_linear_with(emulated_ext, big, w, None, 2, 0, 2, 1)
+    with pytest.raises(RuntimeError, match="0 <= offset < dp"):
+        compact_linear_with(emulated_ext, x, w, None, 2, 2, 2, 1)
+    with pytest.raises(RuntimeError, match="has dtype"):
+        compact_linear_with(emulated_ext, x, w.detach().half(), None, 2, 0, 2, 1)
+    with pytest.raises(RuntimeError, match="tile >= 1"):
         tile_linear_with(emulated_ext, big, w, None, 2, 0, 0, 1.0)
-    with pytest.raises(ValueError, match="keeps no output rows"):
-        compact_linear_with(emulated_ext, x, w, None, 40, 35, 2, 1)
 
 
 def test_leading_dims_and_default_scale(emulated_ext):
-    """Same contract as ardrop.functional: x may be [..., features]; scale=None is exact."""
+    """Same contract as ardrop.functional: x may be [..., features]; its default scale is exact."""
+    from ardrop.functional import tile_linear
+    from ardrop.patterns import Pattern
+
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(3, 4, 30, generator=gen)
     w = torch.randn(20, 30, generator=gen)
@@ -266,14 +286,14 @@ def test_leading_dims_and_default_scale(emulated_ext):
           x.reshape(-1, 30)[:, 1::3].double() @ w.double()[2::3, 1::3].T, FP32_TOL)
     # 20 x 30 with t=16: tiles (0,0) 16x16, (0,1) 16x14, (1,0) 4x16, (1,1) 4x14; dp=2,
     # offset=1 keeps (0,1) and (1,0): 224 + 64 = 288 of 600 weights
-    y = tile_linear_with(emulated_ext, x, w, None, 2, 1, 16)
+    y = tile_linear_with(emulated_ext, x, w, None, 2, 1, 16, Pattern("tile", 2, 1, 16).tile_scale(20, 30))
     _, _, _, _, mask = ref_tile(x.reshape(-1, 30), w, None, 2, 1, 16, 1.0, False,
                                 torch.zeros(12, 20))
     assert mask.sum() == 288
     check("tile y", y.reshape(12, 20), x.reshape(-1, 30).double() @ (600 / 288 * w.double() * mask).T,
           FP32_TOL)
-    with pytest.raises(ValueError, match="keeps no tile"):
-        tile_linear_with(emulated_ext, x, w, None, 5, 4, 16)
+    with pytest.raises(ValueError, match="tile diagonals"):
+        tile_linear(x, w, None, 5, 4, 16)
 
 
 def test_emulated_rejects_half(emulated_ext):

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from ardrop.functional.kernel_check import run_self_check
 from cuda_ext import loader
 
 
@@ -14,6 +15,7 @@ def fresh_state(monkeypatch, tmp_path):
     monkeypatch.delenv("ARDROP_CUDA_EXT", raising=False)
     monkeypatch.setenv("ARDROP_CUDA_CACHE", str(tmp_path / "cache"))
     loader._reset_for_tests()
+    loader.hand_over_self_check(run_self_check)  # as ardrop's dispatch does before its first CUDA call
     yield
     loader._reset_for_tests()
 
@@ -58,7 +60,9 @@ def test_never_attempted_without_cuda(no_build):
     with pytest.raises(loader.CudaExtUnavailable, match="CUDA is not available"):
         loader.load()
     assert loader.status()["available"] is False
-    assert loader.main(["--quiet"]) == 1
+    from ardrop.functional import kernel_check
+
+    assert kernel_check.main(["--quiet"]) == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
@@ -121,6 +125,49 @@ def test_build_failure_warns_once_with_clear_text(monkeypatch, fake_cuda):
         loader.load()
 
 
+def test_no_build_before_a_self_check_is_handed_over(monkeypatch, fake_cuda, no_build):
+    """cuda_ext cannot check its kernels alone (the reference is ardrop's): without the check
+    nothing is built or used, no warning, and the reason says how to hand it over."""
+    monkeypatch.setattr(loader._KERNELS, "check", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert loader.available() is False
+    reason = loader.unavailable_reason()
+    assert "no self-check has been handed" in reason and "hand_over_self_check" in reason
+    calls = []
+    monkeypatch.setattr(loader, "_build", lambda verbose: calls.append(verbose) or object())
+    loader.hand_over_self_check(lambda module: None)  # not sticky: a later hand-over builds
+    assert loader.available() is True and calls == [False]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+def test_dispatch_falls_back_only_when_cuda_ext_is_unavailable(monkeypatch, no_build):
+    """The operator table: a broken cuda_ext surfaces (ImportError); "unavailable" is the torch path."""
+    import sys
+    import types
+
+    import ardrop.functional._common as common
+    import cuda_ext
+
+    on_cuda = types.SimpleNamespace(is_cuda=True)  # cuda_op reads only the device
+    monkeypatch.setattr(common, "_CUDA_OPS", None)
+    monkeypatch.setattr(loader._KERNELS, "check", None)
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "cuda_ext", None)
+        with pytest.raises(ImportError):
+            common.cuda_op("compact_linear_cuda", on_cuda, "auto")
+    assert common.cuda_op("compact_linear_cuda", on_cuda, "auto") is None  # no CUDA here: the torch path
+    assert loader._KERNELS.check is run_self_check  # handed over on the first CUDA call
+    assert common._cuda_ops() == {"compact_linear_cuda": cuda_ext.compact_linear_cuda,
+                                  "tile_linear_cuda": cuda_ext.tile_linear_cuda}
+    assert common.cuda_op("tile_linear_cuda", on_cuda, "torch") is None
+    with pytest.raises(ValueError, match="no CUDA implementation of op 'grouped'"):
+        common.cuda_op("grouped", on_cuda, "auto")
+    monkeypatch.setenv("ARDROP_CUDA_EXT", "require")
+    with pytest.raises(loader.CudaExtUnavailable, match="CUDA is not available"):
+        common.cuda_op("compact_linear_cuda", on_cuda, "auto")
+
+
 def test_require_mode_raises(monkeypatch, fake_cuda):
     monkeypatch.setenv("ARDROP_CUDA_EXT", "require")
 
@@ -165,8 +212,8 @@ def test_built_module_must_pass_self_check(monkeypatch, fake_cuda, emulated_modu
 
 def test_gpu_bench_plumbing_on_cpu(monkeypatch):
     """The GPU bench's variant wiring, interleaving and result rows (wall clock on CPU)."""
+    from ardrop import bench_gpu
     from ardrop.bench import parser
-    from cuda_ext import bench_gpu
 
     args = parser().parse_args(["--models", "mlp32x16", "--rates", "0.5", "--kinds", "row,tile",
                                 "--repeats", "3", "--rounds", "2", "--warmup", "1",
@@ -223,7 +270,6 @@ def test_wheel_carries_every_runtime_source(tmp_path):
 def test_self_check_covers_multi_block_grids_in_both_configs(emulated_module, sm_count):
     """The widened self-check passes through the emulator with either row block configuration."""
     from cuda_ext.emulation import set_sm_count
-    from cuda_ext.selfcheck import run_self_check
 
     set_sm_count(emulated_module, sm_count)
     try:
@@ -234,8 +280,6 @@ def test_self_check_covers_multi_block_grids_in_both_configs(emulated_module, sm
 
 def test_self_check_catches_an_error_outside_the_first_block(emulated_module):
     """A kernel wrong only beyond the first 64 output rows passes a one-block check, not this one."""
-    from cuda_ext.selfcheck import run_self_check
-
     class WrongBeyondFirstBlock:
         emulated = True
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ardrop import native
+from ardrop.native import library
 
 pytestmark = pytest.mark.skipif(native.compiler() is None, reason="no C compiler on this machine")
 
@@ -149,7 +150,7 @@ def test_unsupported_layouts_are_refused_untouched():
 
 def test_kernels_share_torchs_openmp_runtime_and_thread_count():
     lib = native.load()
-    assert len(native._openmp_runtimes()) <= 1  # no second runtime (thread pools would compete)
+    assert len(library._openmp_runtimes()) <= 1  # no second runtime (thread pools would compete)
     old = torch.get_num_threads()
     try:
         for n in (1, 2):
@@ -172,7 +173,7 @@ def test_off_switch_and_bad_mode(monkeypatch):
 def test_a_failed_build_falls_back_with_one_warning_or_raises_when_required(monkeypatch, tmp_path):
     monkeypatch.setenv("ARDROP_NATIVE_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    native._reset_for_tests()
+    library._reset_for_tests()
     try:
         with pytest.warns(RuntimeWarning, match="torch path is used"):
             assert not native.available()
@@ -184,16 +185,16 @@ def test_a_failed_build_falls_back_with_one_warning_or_raises_when_required(monk
             native.axpy2_(w, w.clone(), torch.ones(3, 3), 1.0, 1.0)
     finally:
         monkeypatch.undo()
-        native._reset_for_tests()
+        library._reset_for_tests()
     assert native.available()  # the real compiler builds again afterwards
 
 
 def test_a_second_openmp_runtime_is_refused(monkeypatch):
     """If the library resolved to an OpenMP runtime torch does not use, its pool would fight torch's."""
     seen = iter([{"/torch/lib/libgomp.so.1"}, {"/torch/lib/libgomp.so.1", "/usr/lib/libomp.so"}])
-    monkeypatch.setattr(native, "_openmp_runtimes", lambda: next(seen))
+    monkeypatch.setattr(library, "_openmp_runtimes", lambda: next(seen))
     with pytest.raises(native.NativeUnavailable, match="own OpenMP runtime.*libomp"):
-        native._load_library(native._build())
+        library._load_library(library._build())
 
 
 def test_cache_is_keyed_by_source_and_compiler(monkeypatch, tmp_path):
@@ -208,7 +209,7 @@ def test_cache_is_keyed_by_the_cpu(monkeypatch, tmp_path):
     """The library is built for this CPU (-march=native), so another CPU must not share it."""
     monkeypatch.setenv("ARDROP_NATIVE_CACHE", str(tmp_path))
     first = native.build_directory()
-    monkeypatch.setattr(native, "_cpu_identity", lambda: "model name : another CPU")
+    monkeypatch.setattr(library, "_cpu_identity", lambda: "model name : another CPU")
     assert native.build_directory() != first
 
 
@@ -221,11 +222,11 @@ def test_a_compiler_without_the_arch_flags_still_builds(monkeypatch, tmp_path):
     monkeypatch.setenv("ARDROP_NATIVE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", str(fussy))
     monkeypatch.setenv("ARDROP_NATIVE", "require")
-    native._reset_for_tests()
+    library._reset_for_tests()
     try:
         w = torch.zeros(3, 3)
         assert native.axpy2_(w, w.clone(), torch.ones(3, 3), 2.0, 1.0) and torch.equal(w, torch.full((3, 3), 2.0))
         assert (native.build_directory() / native.LIB_NAME).exists()
     finally:
         monkeypatch.undo()
-        native._reset_for_tests()
+        library._reset_for_tests()

@@ -1,12 +1,19 @@
 """Argument checks and backend dispatch shared by the skip-the-dropped-work ops.
 
+Holds: the argument checks, the CUDA operator table and dispatch (``cuda_op``,
+``kernels_win``) and ``autocast_linear``. Imports: torch and stdlib; inside functions,
+on first use, cuda_ext and ``ardrop.functional.kernel_check`` (the dispatch) and the
+LazySGD flush (``autocast_linear``).
+
 The checks run before any kernel so that a wrong shape or pattern fails with a message
-that names the fix, instead of a BLAS size error deep inside backward.
+that names the fix, instead of a BLAS size error deep inside backward. They are the one
+place the ops' arguments are checked: cuda_ext's wrappers trust them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -72,23 +79,47 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def cuda_op(name: str, x: torch.Tensor, backend: str):
-    """The cuda_ext op to use for this call, or None for the torch path.
+# The operator table: op -> its cuda_ext implementation, filled on the first CUDA call. The
+# eager torch fallback of each op is the op's own path in compact.py / tile.py (it carries
+# the LazySGD regions), taken when ``cuda_op`` returns None; the autotuner gets it from the
+# caller (``kernels_win``'s ``torch_op``), since this module cannot import those without a cycle.
+_CUDA_OPS: dict[str, Callable] | None = None
 
-    Imported lazily: cuda_ext compiles kernels on first use and must never be a hard
-    dependency of the CPU package. ``ARDROP_CUDA_EXT=0`` or ``backend="torch"`` opt out.
+
+def _cuda_ops() -> dict[str, Callable]:
+    """The table, built once; hands cuda_ext the self-check its loader runs before first use.
+
+    Imported here, on the first CUDA tensor, so CPU-only use never loads the references the
+    check compares against. A broken cuda_ext raises (an ImportError is a bug, not "unavailable").
+    """
+    global _CUDA_OPS
+    if _CUDA_OPS is None:
+        import cuda_ext
+        from ardrop.functional.kernel_check import run_self_check
+
+        cuda_ext.hand_over_self_check(run_self_check)
+        _CUDA_OPS = {
+            "compact_linear_cuda": cuda_ext.compact_linear_cuda,
+            "tile_linear_cuda": cuda_ext.tile_linear_cuda,
+        }
+    return _CUDA_OPS
+
+
+def cuda_op(name: str, x: torch.Tensor, backend: str):
+    """The cuda_ext implementation of op ``name`` for this call, or None for the eager torch path.
+
+    None only where the kernels cannot serve: ``backend="torch"``, a tensor not on CUDA, or
+    cuda_ext unavailable (its loader alone reads ``ARDROP_CUDA_EXT``: 0/off, auto, require;
+    in ``require`` mode unavailability raises).
     """
     if backend == "torch" or not x.is_cuda:
-        return None  # the loader alone reads ARDROP_CUDA_EXT (0/off, auto, require)
-    try:
-        from cuda_ext import loader
-    except ImportError:
         return None
-    if not loader.available():
-        return None
-    from cuda_ext import functions
+    ops = _cuda_ops()
+    if name not in ops:
+        raise ValueError(f"no CUDA implementation of op {name!r}; the table holds {sorted(ops)}")
+    import cuda_ext
 
-    return getattr(functions, name)
+    return ops[name] if cuda_ext.available() else None
 
 
 def kernels_win(name: str, op, torch_op, x, weight, bias, *args) -> bool:

@@ -1,7 +1,11 @@
 """GPU benchmark: cuda_ext kernels vs the torch GPU path vs Bernoulli dropout.
 
+Holds: ``run_gpu_bench`` and its timers and table. Imports: torch, stdlib,
+``ardrop.bench_core`` (the workloads) and, inside ``run_gpu_bench``, ``cuda_ext.loader``
+and ``ardrop.functional.kernel_check`` (the self-check it hands the loader).
+
 Called by ``python -m ardrop.bench --device cuda`` (same arguments as the CPU bench).
-It reuses the CPU bench's models, searched pattern sequences, step definition
+It reuses the core bench's models, searched pattern sequences, step definition
 (forward, backward, SGD with momentum, zero_grad) and FLOP model, and times three
 variants of every (model, kind, rate) in one process, interleaved step by step in a
 rotating order:
@@ -26,6 +30,8 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 import torch
+
+from ardrop import bench_core
 
 VARIANTS = ("bernoulli", "torch", "cuda_ext")
 
@@ -80,24 +86,22 @@ class _WallTimer(_CudaTimer):
 
 
 def _bench_one(spec, kind, rate, optimizer, args, device, timer, use_ext):
-    from ardrop import bench
-
-    base, approx = bench.build_pair(spec, kind, rate, args.tile)
+    base, approx = bench_core.build_pair(spec, kind, rate, args.tile)
     approx_torch = copy.deepcopy(approx)
     base, approx, approx_torch = (m.to(device) for m in (base, approx, approx_torch))
     steps = args.repeats
-    seqs, searches = bench.site_sequences(approx, rate, steps, args)
-    seqs_torch, _ = bench.site_sequences(approx_torch, rate, steps, args)
+    seqs, searches = bench_core.site_sequences(approx, rate, steps, args)
+    seqs_torch, _ = bench_core.site_sequences(approx_torch, rate, steps, args)
 
     def set_step(s):
         for site, seq in (*seqs, *seqs_torch):
             site.set_pattern(seq[s])
 
     gen = torch.Generator().manual_seed(args.seed)
-    batch = tuple(t.to(device) for t in bench.make_batch(spec, gen))
-    step_base = bench.make_step(base, spec, batch, bench.baseline_optimizer(optimizer))
-    step_torch_raw = bench.make_step(approx_torch, spec, batch, optimizer)
-    step_ext = bench.make_step(approx, spec, batch, optimizer)
+    batch = tuple(t.to(device) for t in bench_core.make_batch(spec, gen))
+    step_base = bench_core.make_step(base, spec, batch, bench_core.baseline_optimizer(optimizer))
+    step_torch_raw = bench_core.make_step(approx_torch, spec, batch, optimizer)
+    step_ext = bench_core.make_step(approx, spec, batch, optimizer)
 
     def step_torch():
         with _torch_path(True):
@@ -124,10 +128,10 @@ def _bench_one(spec, kind, rate, optimizer, args, device, timer, use_ext):
             row[name][pos] = sec
         for n in names:
             per_round[n].append(row[n])
-    stats = {n: bench.summarize(per_round[n]) for n in names}
-    dense = bench.gemm_flops(spec, kind, [None] * len(seqs), args.tile)
+    stats = {n: bench_core.summarize(per_round[n]) for n in names}
+    dense = bench_core.gemm_flops(spec, kind, [None] * len(seqs), args.tile)
     approx_flops = statistics.fmean(
-        bench.gemm_flops(spec, kind, [seq[s] for _, seq in seqs], args.tile) for s in range(steps)
+        bench_core.gemm_flops(spec, kind, [seq[s] for _, seq in seqs], args.tile) for s in range(steps)
     )
     out = {
         "model": spec.name, "kind": kind, "rate": rate, "optimizer": optimizer,
@@ -163,10 +167,8 @@ def print_gpu_table(rows: list[dict]) -> None:
 
 
 def _run(args, device: torch.device, timer, use_ext: bool) -> list[dict]:
-    from ardrop import bench
-
     rows = []
-    for spec in (bench.parse_model(m, args) for m in args.models):
+    for spec in (bench_core.parse_model(m, args) for m in args.models):
         for kind in args.kinds:
             for rate in args.rates:
                 for optimizer in args.optimizers:
@@ -192,8 +194,10 @@ def run_gpu_bench(args) -> list[dict]:
             "--device cuda needs a CUDA device (torch.cuda.is_available() is False); "
             "run the CPU benchmark with --device cpu"
         )
-    from . import loader
+    from ardrop.functional.kernel_check import run_self_check
+    from cuda_ext import loader
 
+    loader.hand_over_self_check(run_self_check)  # as ardrop's dispatch does before its first CUDA call
     use_ext = loader.available()
     reason = None if use_ext else loader.unavailable_reason()
     if reason:
