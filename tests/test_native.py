@@ -189,6 +189,29 @@ def test_a_failed_build_falls_back_with_one_warning_or_raises_when_required(monk
     assert native.available()  # the real compiler builds again afterwards
 
 
+def test_a_failed_self_check_falls_back_and_the_package_wires_the_real_one(monkeypatch):
+    """The loader publishes the library only after the check the package handed over passes."""
+    from ardrop.native import selfcheck
+
+    assert library._KERNELS.check is selfcheck.run_self_check
+
+    def wrong(lib):
+        assert native.axpy2_(torch.zeros(2, 2), torch.zeros(2, 2), torch.ones(2, 2), 1.0, 1.0)  # sees the candidate
+        raise native.NativeUnavailable("self-check: axpy2 on torch.float32 disagrees with torch")
+
+    monkeypatch.setattr(library._KERNELS, "check", wrong)
+    library._reset_for_tests()
+    try:
+        with pytest.warns(RuntimeWarning, match="(?s)disagrees with torch.*torch path is used"):
+            assert not native.available()
+        w = torch.zeros(3, 3)
+        assert not native.axpy2_(w, w.clone(), torch.ones(3, 3), 1.0, 1.0) and not w.any()
+    finally:
+        monkeypatch.undo()
+        library._reset_for_tests()
+    assert native.available()
+
+
 def test_a_second_openmp_runtime_is_refused(monkeypatch):
     """If the library resolved to an OpenMP runtime torch does not use, its pool would fight torch's."""
     seen = iter([{"/torch/lib/libgomp.so.1"}, {"/torch/lib/libgomp.so.1", "/usr/lib/libomp.so"}])
