@@ -43,7 +43,7 @@ from typing import Callable
 
 from ardrop import paper_numbers as paper
 
-SUMMARY_FORMAT = "ardrop-run-summary"  # the "format" field of callbacks.RunSummary's files
+SUMMARY_FORMAT = "ardrop-run-summary"  # the "format" field of callbacks.RunSummary's files (same value there)
 SUMMARY_NAME = "summary.json"
 USABLE = ("tested", "fit")  # statuses whose numbers go into tables; "failed" runs are only listed
 
@@ -435,7 +435,8 @@ def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -
     target = (f"{100 * target_acc:.2f}% accuracy" if target_acc is not None
               else "the lower of the two runs' best validation accuracies")
     out = ["# Table 1: MNIST MLPs, approximate vs Bernoulli dropout", "",
-           "Our runs (test accuracy of the best-validation checkpoint) next to the paper's Table 1 (Caffe, GPU, "
+           "Our runs (test accuracy as each run tested it: the best-validation checkpoint under the default "
+           "`test_ckpt=best`) next to the paper's Table 1 (Caffe, GPU, "
            "60K iterations; each paper row has its own Bernoulli run).", "",
            _DEFINITIONS.format(metric="accuracy (pp)", target=target), ""]
     header = ["rate", "size", "kind", "Bernoulli acc %", "approx acc %", "Δ pp", "speedup", "step x",
@@ -477,7 +478,8 @@ def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -
     target = (f"perplexity {target_ppl:g}" if target_ppl is not None
               else "the higher of the two runs' best validation perplexities")
     out = ["# Table 2: PTB word LSTM language models, approximate vs Bernoulli dropout", "",
-           "Our runs (test perplexity and word accuracy of the best-validation checkpoint) next to the paper's "
+           "Our runs (test perplexity and word accuracy as each run tested it: the best-validation checkpoint "
+           "under the default `test_ckpt=best`) next to the paper's "
            "Table 2 (Caffe, GPU, 110K iterations on an 8.8K-word corpus, 1000 units per layer). The paper's LM "
            "score is not perplexity (its formula was lost; lower is better, an untrained model scores about 105); "
            "compare it only as approximate vs Bernoulli.", "",

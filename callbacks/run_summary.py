@@ -39,11 +39,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ardrop.planning import pattern_sites
-from ardrop.report import SUMMARY_FORMAT as FORMAT
-from ardrop.report import SUMMARY_NAME
 from callbacks._cadence import logs_this_step
 
+# `ardrop.report` recognises summaries by this field (it keeps its own copy: the report
+# imports nothing from the training stack; tests/test_report.py checks the two agree).
+FORMAT = "ardrop-run-summary"
 VERSION = 1
+SUMMARY_NAME = "summary.json"
 TRAIN_TIME_DEFINITION = (
     "seconds from on_train_start to on_train_end minus validation intervals (on_validation_start until training "
     "resumes); excludes sanity check, dropout-plan search and test"

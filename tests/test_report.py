@@ -59,6 +59,13 @@ def _summaries(folder):
 
 
 # -- the summary file ---------------------------------------------------------------------
+def test_report_and_callback_agree_on_the_file():
+    from ardrop import report
+    from callbacks import run_summary
+
+    assert (run_summary.FORMAT, run_summary.SUMMARY_NAME) == (report.SUMMARY_FORMAT, report.SUMMARY_NAME)
+
+
 def test_summary_contents(sweeps):
     mlp = _summaries(sweeps["table1"])
     assert len(mlp) == 12
