@@ -551,7 +551,7 @@ def fig5(runs: list[Run], path: Path, arch: str, notes: list[str]) -> str | None
     usable = {p: cs for p, cs in by_protocol.items() if len(cs) >= 2}
     if not usable:
         have = sorted({r.rate_label for r in runs if r.family == "mlp" and r.arch == arch})
-        return (f"fig5.png needs Bernoulli and approximate runs of the {arch} MLP at two or more rates under one "
+        return (f"needs Bernoulli and approximate runs of the {arch} MLP at two or more rates under one "
                 f"protocol; found rates {have or 'none'} for {arch}")
     protocol = max(usable, key=lambda p: (len(usable[p]), p))
     if len(usable) > 1:
@@ -604,7 +604,7 @@ def fig6(runs: list[Run], path: Path, rate: float, notes: list[str]) -> str | No
     usable = {k: rs for k, rs in groups.items()
               if any(r.kind == "bernoulli" for r in rs) and any(r.kind in ("row", "tile") for r in rs)}
     if not usable:
-        return (f"fig6.png needs LSTM runs at rate {rate:g}, Bernoulli and approximate, each validated at least twice "
+        return (f"needs LSTM runs at rate {rate:g}, Bernoulli and approximate, each validated at least twice "
                 f"during training (experiment=fig6); found {len(cands)} LSTM run(s) at that rate with curves")
     # The paper's Fig. 6 is the 3-layer LSTM: prefer it, then the group with most runs.
     key = max(usable, key=lambda k: (k[1].startswith("3x"), len(usable[k]), k))
@@ -640,7 +640,7 @@ def patterns_fig(runs: list[Run], path: Path) -> str | None:
                 key = (site["rate"], site.get("method"), site["N"])
                 dists[site["kind"]].setdefault(key, site["probs"])
     if not dists:
-        return "patterns.png needs runs with row or tile dropout (their summaries hold the searched distributions)"
+        return "needs runs with row or tile dropout (their summaries hold the searched distributions)"
     plt = _pyplot()
     kinds = sorted(dists, key=_variant_order)
     fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
