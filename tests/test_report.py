@@ -323,7 +323,7 @@ def test_curve_interpolation():
 
 def test_experiment_sweeps_compose():
     """`-m experiment=<name>` alone sweeps the documented lists; each experiment names its sweep dir
-    outputs/multiruns/<name>/ (which takes effect once conf/config.yaml lists _self_ before experiment)."""
+    outputs/multiruns/<name>/, which the composed config uses (conf/config.yaml lists the experiment after _self_)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -343,6 +343,7 @@ def test_experiment_sweeps_compose():
         text = (REPO / "conf" / "experiment" / f"{name}.yaml").read_text()
         assert text.startswith("# @package _global_")
         assert OmegaConf.create(text).hydra.sweep.dir.startswith(f"outputs/multiruns/{name}/")
+        assert cfg.hydra.sweep.dir.startswith(f"outputs/multiruns/{name}/"), cfg.hydra.sweep.dir
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         t2 = compose("config", overrides=["experiment=table2", "model=lstm3"])
         f6 = compose("config", overrides=["experiment=fig6"])
