@@ -89,7 +89,7 @@ def _bench_one(spec, kind, rate, optimizer, args, device, timer, use_ext):
     base, approx = bench_core.build_pair(spec, kind, rate, args.tile)
     approx_torch = copy.deepcopy(approx)
     base, approx, approx_torch = (m.to(device) for m in (base, approx, approx_torch))
-    steps = args.repeats
+    steps = args.repeats or bench_core.DEFAULT_PERIOD[spec.family]  # None: the family's sequence period, as on CPU
     seqs, searches = bench_core.site_sequences(approx, rate, steps, args)
     seqs_torch, _ = bench_core.site_sequences(approx_torch, rate, steps, args)
 

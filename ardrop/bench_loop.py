@@ -30,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 NAMED = {"mlp2048": "mlp_2048x2048", "mlp4096": "mlp_4096x4096"}
