@@ -54,7 +54,7 @@ import time
 import torch
 
 from ardrop.allocator import keep_large_buffers
-from ardrop.bench_core import OPTIMIZERS, bench_one, parse_model
+from ardrop.bench_core import OPTIMIZERS, bench_one, format_table, parse_model
 
 ALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 
@@ -140,15 +140,14 @@ def validate(args) -> None:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
 
 
+TABLE = [("model", -14, "model", ""), ("kind", -6, "kind", ""), ("rate", 5, "rate", ".2f"),
+         ("optim", 7, "optimizer", ""), ("bern ms", 10, "base_ms", ".2f"), ("approx ms", 11, "approx_ms", ".2f"),
+         ("speedup", 9, "speedup", ".2fx"), ("(median)", 10, "speedup_median", ".2fx"),
+         ("ideal", 8, "ideal_flop_ratio", ".2fx"), ("E ideal", 9, "expected_ideal_flop_ratio", ".2fx")]
+
+
 def print_table(rows) -> None:
-    head = (f"{'model':<14}{'kind':<6}{'rate':>5}{'optim':>7}{'bern ms':>10}{'approx ms':>11}{'speedup':>9}"
-            f"{'(median)':>10}{'ideal':>8}{'E ideal':>9}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(f"{r['model']:<14}{r['kind']:<6}{r['rate']:>5.2f}{r['optimizer']:>7}{r['base_ms']:>10.2f}"
-              f"{r['approx_ms']:>11.2f}{r['speedup']:>8.2f}x{r['speedup_median']:>9.2f}x{r['ideal_flop_ratio']:>7.2f}x"
-              f"{r['expected_ideal_flop_ratio']:>8.2f}x")
+    print("\n".join(format_table(rows, TABLE)))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -274,3 +274,24 @@ def bench_one(spec, kind, rate, optimizer, args):
         "realised_rate": realised, "search": searches,
         "base_times_s": times["base"], "approx_times_s": times["approx"],
     }
+
+
+def format_table(rows: list[dict], columns: list[tuple]) -> list[str]:
+    """The bench tables: ``columns`` are ``(title, width, key, spec)``, ``spec`` a format spec
+    with an optional trailing ``x`` (a ratio); a negative width left-aligns; None prints n/a.
+
+    One printer for the CPU, GPU and loop benches, so their tables read alike.
+    """
+    def cell(width, text):
+        return f"{text:<{-width}}" if width < 0 else f"{text:>{width}}"
+
+    def value(r, key, spec):
+        if key is None:  # a spacer
+            return ""
+        v = r.get(key)
+        if v is None:
+            return "n/a"
+        return format(v, spec[:-1]) + "x" if spec.endswith("x") else format(v, spec)
+
+    head = "".join(cell(w, title) for title, w, _, _ in columns)
+    return [head, "-" * len(head)] + ["".join(cell(w, value(r, k, s)) for _, w, k, s in columns) for r in rows]

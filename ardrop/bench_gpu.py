@@ -150,20 +150,15 @@ def _bench_one(spec, kind, rate, optimizer, args, device, timer, use_ext):
     return out
 
 
-def _fmt(value, spec: str, suffix: str = "") -> str:
-    return "n/a" if value is None else format(value, spec) + suffix
+GPU_TABLE = [("model", -14, "model", ""), ("kind", -6, "kind", ""), ("rate", 5, "rate", ".2f"),
+             ("bern ms", 10, "bernoulli_ms", ".3f"), ("torch ms", 10, "torch_ms", ".3f"),
+             ("ext ms", 10, "cuda_ext_ms", ".3f"), ("x torch", 9, "speedup_torch", ".2fx"),
+             ("x ext", 8, "speedup_cuda_ext", ".2fx"), ("ext/torch", 10, "cuda_ext_vs_torch", ".2fx"),
+             ("ideal", 8, "ideal_flop_ratio", ".2fx")]
 
 
 def print_gpu_table(rows: list[dict]) -> None:
-    head = (f"{'model':<14}{'kind':<6}{'rate':>5}{'bern ms':>10}{'torch ms':>10}{'ext ms':>10}"
-            f"{'x torch':>9}{'x ext':>8}{'ext/torch':>10}{'ideal':>8}")
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        print(f"{r['model']:<14}{r['kind']:<6}{r['rate']:>5.2f}{r['bernoulli_ms']:>10.3f}"
-              f"{r['torch_ms']:>10.3f}{_fmt(r['cuda_ext_ms'], '.3f'):>10}"
-              f"{_fmt(r['speedup_torch'], '.2f', 'x'):>9}{_fmt(r['speedup_cuda_ext'], '.2f', 'x'):>8}"
-              f"{_fmt(r['cuda_ext_vs_torch'], '.2f', 'x'):>10}{_fmt(r['ideal_flop_ratio'], '.2f', 'x'):>8}")
+    print("\n".join(bench_core.format_table(rows, GPU_TABLE)))
 
 
 def _run(args, device: torch.device, timer, use_ext: bool) -> list[dict]:
@@ -175,7 +170,8 @@ def _run(args, device: torch.device, timer, use_ext: bool) -> list[dict]:
                     r = _bench_one(spec, kind, rate, optimizer, args, device, timer, use_ext)
                     rows.append(r)
                     print(f"# {spec.name} {kind} {rate} {optimizer}: bernoulli {r['bernoulli_ms']:.3f} ms, "
-                          f"torch {r['torch_ms']:.3f} ms, cuda_ext {_fmt(r['cuda_ext_ms'], '.3f', ' ms')}",
+                          f"torch {r['torch_ms']:.3f} ms, cuda_ext "
+                          f"{'n/a' if r['cuda_ext_ms'] is None else format(r['cuda_ext_ms'], '.3f') + ' ms'}",
                           flush=True)
     return rows
 

@@ -171,12 +171,16 @@ def run_loop_bench(args) -> dict:
     return {"results": rows}
 
 
+LOOP_TABLE = [("model", -15, "model", ""), ("kind", -6, "kind", ""), ("rate", 5, "rate", ".2f"), ("", 2, None, ""),
+              ("optimizer", -10, "optimizer", ""), ("loop bern", 10, "loop_bern_ms", ".2f"),
+              ("loop appr", 10, "loop_approx_ms", ".2f"), ("loop x", 8, "loop_speedup", ".2fx"),
+              ("core bern", 10, "core_bern_ms", ".2f"), ("core appr", 10, "core_approx_ms", ".2f"),
+              ("core x", 8, "core_speedup", ".2fx"), ("loop/core", 10, "loop_over_core", ".2fx")]
+
+
 def print_loop_row(r: dict, header: bool) -> None:
-    head = (f"{'model':<15}{'kind':<6}{'rate':>5}  {'optimizer':<10}{'loop bern':>10}{'loop appr':>10}{'loop x':>8}"
-            f"{'core bern':>10}{'core appr':>10}{'core x':>8}{'loop/core':>10}")
-    if header:
-        print(head)
-        print("-" * len(head))
-    print(f"{r['model']:<15}{r['kind']:<6}{r['rate']:>5.2f}  {r['optimizer']:<10}{r['loop_bern_ms']:>10.2f}"
-          f"{r['loop_approx_ms']:>10.2f}{r['loop_speedup']:>7.2f}x{r['core_bern_ms']:>10.2f}{r['core_approx_ms']:>10.2f}"
-          f"{r['core_speedup']:>7.2f}x{r['loop_over_core']:>9.2f}x", flush=True)
+    """One row as soon as it is measured (a loop bench takes minutes), the header before the first."""
+    from ardrop.bench_core import format_table
+
+    lines = format_table([r], LOOP_TABLE)
+    print("\n".join(lines if header else lines[2:]), flush=True)

@@ -151,3 +151,17 @@ def test_loop_bench_runs_the_real_trainer_beside_the_core(tmp_path):
 def test_loop_bench_rejects_a_model_without_config():
     proc = _run(["--loop", "trainer", "--models", "mlp77x5", "--json", os.devnull])
     assert proc.returncode != 0 and "shipped model config" in proc.stderr
+
+
+def test_the_three_bench_tables_share_one_printer(capsys):
+    """CPU, GPU and loop tables come from bench_core.format_table: columns line up with the header,
+    ratios get an x, a missing value prints n/a (the GPU table when cuda_ext is unavailable)."""
+    from ardrop.bench_core import format_table
+
+    rows = [{"m": "mlp2048", "a": 58.125, "r": 1.984}, {"m": "lstm2", "a": None, "r": 0.5}]
+    lines = format_table(rows, [("model", -10, "m", ""), ("", 2, None, ""), ("ms", 8, "a", ".2f"), ("x", 7, "r", ".2fx")])
+    assert lines[0] == "model     " + "  " + "      ms" + "      x"
+    assert lines[1] == "-" * len(lines[0])
+    assert lines[2] == "mlp2048   " + "  " + "   58.12" + "  1.98x"
+    assert lines[3] == "lstm2     " + "  " + "     n/a" + "  0.50x"
+    assert all(len(line) == len(lines[0]) for line in lines)
