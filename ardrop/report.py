@@ -428,6 +428,16 @@ _DEFINITIONS = (
 )
 
 
+def _pair_columns(pairs, metric: str, higher_is_better: bool, target, equal_time_scale: float = 1.0) -> list[str]:
+    """The four per-seed pair columns both tables share: speedup, step x, Δ at equal time, time-to-target x."""
+    return [
+        fmt_ms(*mean_std([p.speedup() for p in pairs]), prefix="x"),
+        fmt_ms(*mean_std([p.step_speedup() for p in pairs]), prefix="x"),
+        fmt_ms(*mean_std([p.at_equal_time(metric) for p in pairs]), scale=equal_time_scale),
+        fmt_ms(*mean_std([p.time_to_target_ratio(metric, higher_is_better, target) for p in pairs]), prefix="x"),
+    ]
+
+
 def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -> str | None:
     cells = [c for c in build_cells(runs, "mlp", notes) if "bernoulli" in c.runs and c.approx_variants()]
     if not cells:
@@ -452,17 +462,11 @@ def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -
                 approx = list(c.runs[v].values())
                 all_runs += base + approx
                 a_mean, a_std, a_n = mean_std([r.final("test_acc") for r in approx])
-                pairs = c.pairs(v)
-                sp = mean_std([p.speedup() for p in pairs])
-                st = mean_std([p.step_speedup() for p in pairs])
-                eq = mean_std([p.at_equal_time("val_acc") for p in pairs])
-                ttt = mean_std([p.time_to_target_ratio("val_acc", True, target_acc) for p in pairs])
                 pp = paper.TABLE1.get((c.arch, c.rate, v.split(" ")[0])) if isinstance(c.rate, float) else None
                 delta = None if a_mean is None or b_mean is None else 100 * (a_mean - b_mean)
                 rows.append([
                     c.rate_label, c.arch, v, fmt_ms(b_mean, b_std, b_n, 100), fmt_ms(a_mean, a_std, a_n, 100),
-                    fmt_num(delta, sign=True), fmt_ms(*sp, prefix="x"), fmt_ms(*st, prefix="x"),
-                    fmt_ms(*eq, scale=100), fmt_ms(*ttt, prefix="x"),
+                    fmt_num(delta, sign=True), *_pair_columns(c.pairs(v), "val_acc", True, target_acc, 100),
                     f"{pp[0]:.2f}" if pp else "—", f"{pp[1]:.2f} ({pp[1] - pp[0]:+.2f})" if pp else "—",
                     f"x{pp[2]:.2f}" if pp else "—",
                 ])
@@ -499,7 +503,6 @@ def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -
                 all_runs += base + approx
                 ap = mean_std([r.final("test_ppl") for r in approx])
                 aa = mean_std([r.final("test_acc") for r in approx])
-                pairs = c.pairs(v)
                 ratio = None if ap[0] is None or bp[0] is None else ap[0] / bp[0]
                 dacc = None if aa[0] is None or ba[0] is None else 100 * (aa[0] - ba[0])
                 pp = (paper.TABLE2.get((layers, c.rate)) if hidden == paper.TABLE2_HIDDEN and isinstance(c.rate, float)
@@ -508,10 +511,7 @@ def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -
                 rows.append([
                     c.arch, c.rate_label, v, fmt_ms(*bp), fmt_ms(*ap), fmt_num(ratio, 3),
                     fmt_ms(*ba, scale=100), fmt_ms(*aa, scale=100), fmt_num(dacc, sign=True),
-                    fmt_ms(*mean_std([p.speedup() for p in pairs]), prefix="x"),
-                    fmt_ms(*mean_std([p.step_speedup() for p in pairs]), prefix="x"),
-                    fmt_ms(*mean_std([p.at_equal_time("val_ppl") for p in pairs])),
-                    fmt_ms(*mean_std([p.time_to_target_ratio("val_ppl", False, target_ppl) for p in pairs]), prefix="x"),
+                    *_pair_columns(c.pairs(v), "val_ppl", False, target_ppl),
                     f"{pp['metric']['bernoulli']} / {pp['metric'][kind]}" if pp and kind in pp["metric"] else "—",
                     f"{pp['acc']['bernoulli']} / {pp['acc'][kind]}" if pp and kind in pp["acc"] else "—",
                     f"x{pp['speedup'][kind]:.2f}" if pp and kind in pp["speedup"] else "—",
