@@ -15,10 +15,10 @@ from torch import nn
 
 from ardrop.functional import compact_linear
 from ardrop.checks import check_int
-from ardrop.contract.param_reads import FlushesLazyParams, flush_params
+from ardrop.contract.param_reads import FlushesLazyParams
 from ardrop.patterns import DEFAULT_TILE, Pattern
 from ardrop.nn.site import PatternSite
-from ardrop.nn.site_linear import dense_linear, site_linear
+from ardrop.nn.site_linear import site_linear
 
 LAYER_BACKENDS = ("fast", "reference")
 
@@ -71,10 +71,6 @@ class ApproxLinear(FlushesLazyParams, nn.Module):
         self.reset_parameters()
         self._flush_hooks()  # saving, loading and copying see a LazySGD's pending rows
 
-    def flush_lazy(self) -> None:
-        """Fold a `LazySGD`'s pending update into the stored weights before a dense read."""
-        flush_params(self.weight, self.bias)
-
     def reset_parameters(self) -> None:
         """Same initialisation as ``nn.Linear``, so swapping layers keeps training behaviour."""
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -85,9 +81,6 @@ class ApproxLinear(FlushesLazyParams, nn.Module):
     @property
     def kind(self) -> str:
         return self.site.kind
-
-    def _dense(self, x: torch.Tensor) -> torch.Tensor:
-        return dense_linear(x, self.weight, self.bias, self.relu)
 
     def forward_compact(self, x, in_dp: int = 1, in_offset: int = 0, in_scale: float = 1.0):
         """Row kind only: ``(compact output, dp, offset)`` for a consumer that stays compact.
