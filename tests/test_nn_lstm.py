@@ -305,3 +305,30 @@ def test_bad_input_raises_clear_value_errors():
     limit = Pattern.max_tile_dp(V, 8, 4)
     with pytest.raises(ValueError, match=f"largest usable dp {limit}"):
         tiled.sites[2].set_pattern(Pattern("tile", limit + 1, 0, 4))
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_recurrence_from_gates_fp32_matches_float64_oracle(onednn, monkeypatch):
+    """The per-step GEMMs on oneDNN's packed W_hh (and the plain fallback) against the float64 loop."""
+    from ardrop.nn import _lstm_recurrence as rec
+
+    if onednn and not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    if not onednn:
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert (rec._SkinnyMatmul(torch.randn(8, 4), 3).packed is not None) == onednn
+    g = torch.Generator().manual_seed(1)
+    steps, batch, hid = 9, 5, 48
+    args = [torch.randn(s, generator=g) * 0.5 for s in ((steps, batch, 4 * hid), (batch, hid), (batch, hid),
+                                                           (4 * hid, hid), (4 * hid,))]
+    fast = [a.clone().requires_grad_() for a in args]
+    ref = [a.double().requires_grad_() for a in args]
+    out_f = lstm_from_gates(*fast)
+    out_r = rec.lstm_gates_reference(*ref)
+    weights = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out_r]
+    sum((o.double() * w).sum() for o, w in zip(out_f, weights)).backward()
+    sum((o * w).sum() for o, w in zip(out_r, weights)).backward()
+    for a, b in zip(out_f, out_r):
+        assert _rel(a, b) < 1e-5
+    for a, b in zip(fast, ref):
+        assert _rel(a.grad, b.grad) < 1e-5

@@ -13,6 +13,10 @@ weights, so the same parameters work with all three.
   identity GEMM, 4x the work tile dropout is trying to halve. This is a hand-written
   forward and backward (BPTT) instead of per-step autograd: per step only one small GEMM
   and a few elementwise ops, and the ``W_hh`` gradient is one large GEMM over all steps.
+  Its per-step ``h W_hh^T`` (and ``dgates W_hh`` in backward) is a skinny GEMM (batch
+  rows); on CPU it runs on oneDNN's blocked copy of ``W_hh``, made once per call, as the
+  fused kernel does: 1.7 ms instead of 3.0 ms for 20 x 1000 by 1000 x 4000 on 2 cores,
+  against ~5 ms per reorder (`_SkinnyMatmul`).
 * `lstm_layer_reference` is the textbook per-step loop under autograd: the test oracle.
 """
 
@@ -54,6 +58,27 @@ def lstm_layer_fused(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     return out, h_n[0], c_n[0]
 
 
+class _SkinnyMatmul:
+    """``x @ w.T`` for many ``x`` of ``rows`` rows against one ``w``, on oneDNN's packed ``w`` where it can.
+
+    Falls back to a plain matmul off CPU, for dtypes other than fp32, and where this torch
+    build has no oneDNN linear ops (the results agree to fp32 rounding).
+    """
+
+    def __init__(self, w: torch.Tensor, rows: int) -> None:
+        self.w, self.packed = w, None
+        if w.device.type == "cpu" and w.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
+            except (AttributeError, RuntimeError):  # op missing from this build: plain matmul
+                self.packed = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return x @ self.w.t()
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+
 class _LSTMFromGates(torch.autograd.Function):
     """Recurrence given ``gx = x W_ih^T + b_ih`` for every step.
 
@@ -69,11 +94,11 @@ class _LSTMFromGates(torch.autograd.Function):
         cells = gx.new_empty(steps, batch, hid)
         tanh_c = gx.new_empty(steps, batch, hid)
         out = gx.new_empty(steps, batch, hid)
-        w_t = w_hh.t()
+        recur = _SkinnyMatmul(w_hh, batch)
         h, c = h0, c0
         for t in range(steps):
             g = gates[t]
-            g.addmm_(h, w_t)
+            g.add_(recur(h))
             g[:, : 2 * hid].sigmoid_()
             g[:, 2 * hid : 3 * hid].tanh_()
             g[:, 3 * hid :].sigmoid_()
@@ -102,13 +127,14 @@ class _LSTMFromGates(torch.autograd.Function):
         dc_from_h = go * (1 - tanh_c * tanh_c)
         d_gates = gates.new_empty(steps, batch, 4, hid)
         dh, dc = d_hn, d_cn
+        back = _SkinnyMatmul(w_hh.t(), batch)  # dgates @ W_hh
         for t in range(steps - 1, -1, -1):
             dh_t = d_out[t] + dh
             dc_t = torch.addcmul(dc, dh_t, dc_from_h[t])
             torch.mul(dc_t.unsqueeze(1), coef[t, :, :3], out=d_gates[t, :, :3])
             torch.mul(dh_t, coef[t, :, 3], out=d_gates[t, :, 3])
             dc = dc_t * gf[t]
-            dh = d_gates[t].view(batch, 4 * hid) @ w_hh
+            dh = back(d_gates[t].view(batch, 4 * hid))
         d_gates = d_gates.view(steps, batch, 4 * hid)
         d_w = d_b = None
         if ctx.needs_input_grad[3]:
