@@ -84,8 +84,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-dp", type=int, default=8, help="largest pattern N searched per site (capped by shape)")
     p.add_argument("--method", choices=("sgd", "maxent"), default="sgd", help="pattern-distribution search")
     p.add_argument("--tile", type=int, default=32)
-    p.add_argument("--groups", default="dp",
-                   help="patterns per step on the approximate side: dp (the default, one per offset) or 1 (the paper's)")
+    p.add_argument("--groups", default=None,
+                   help="patterns per step on the approximate side: dp (one per offset) or 1 (the paper's); "
+                        "default: the model family's (MLP 1, LSTM dp)")
     p.add_argument("--optimizers", type=csv(str), default=["sgd"],
                    help="sgd (torch.optim.SGD on both sides, primary), fused (fused=True on both sides), "
                         "lazy (ardrop.optim.LazySGD on the approximate side, torch SGD on the Bernoulli side)")
@@ -126,7 +127,8 @@ def validate(args) -> None:
             raise ValueError(f"{name} must be >= 1, got {v}")
     from ardrop.nn.site import check_groups
 
-    args.groups = check_groups(int(args.groups) if str(args.groups).isdigit() else args.groups)
+    if args.groups is not None:
+        args.groups = check_groups(int(args.groups) if str(args.groups).isdigit() else args.groups)
     if args.loop_steps is not None and args.loop_steps < 3:
         raise ValueError(f"--loop-steps must be >= 3, got {args.loop_steps}")
     if args.loop_warmup < 1:

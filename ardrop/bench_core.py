@@ -74,7 +74,7 @@ def parse_model(name: str, args) -> ModelSpec:
     return ModelSpec(name, "mlp", sizes=(MNIST_IN, *hidden, MNIST_CLASSES), batch=args.batch_size)
 
 
-def build_pair(spec: ModelSpec, kind: str, rate: float, tile: int, groups="dp"):
+def build_pair(spec: ModelSpec, kind: str, rate: float, tile: int, groups=None):
     """(baseline, approximate) models with the same initial weights where layouts agree."""
     from ardrop.nn import ApproxLSTMLM, ApproxMLP
 

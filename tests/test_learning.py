@@ -2,22 +2,26 @@
 
 Short seeded runs on the real data (`data/`, fetched by `scripts/setup.sh`): a small LSTM
 LM on the start of Penn Treebank and an MLP on MNIST, through the real Lightning modules
-and `PatternCallback`, at the configs' learning rates and clipping. Approximate dropout's
-mean training loss over the last steps must be within a stated bound of Bernoulli
-dropout's at the same rate and step.
+and `PatternCallback`, at the configs' learning rates and clipping, with each family's
+default ``groups`` (LSTM ``dp``, MLP 1). Approximate dropout must end within a stated
+bound of Bernoulli dropout at the same rate and step.
 
-The bounds are set from measurements of this code (2 CPU cores, seed 0), in nats of
-mean training loss over the last 15 steps, approximate minus Bernoulli:
+LSTM: mean training loss over the last 15 steps, approximate minus Bernoulli (nats).
+MLP: loss of the dense (evaluation-mode) model on the 5,000 validation images after 150
+steps, approximate minus Bernoulli (nats); the training loss of a one-pattern step carries
+that pattern's noise, so it is not compared. Measured on this code (2 CPU cores, seed 0):
 
-| case | groups=1 (paper) | groups=dp (default) | bound |
+| case | groups=1 (paper) | groups=dp | bound |
 |---|---|---|---|
-| LSTM 2x200, rate 0.7, lr 1, 60 steps, row | +1.02 | +0.12 | 0.6 |
-| same, tile | (diverges too) | +0.52 | 0.6 |
-| MLP 512x512, rate 0.5, 150 steps, row | +0.29 | +0.15 | 0.2 |
-| same, tile | +0.33 | +0.11 | 0.2 |
+| LSTM 2x200, rate 0.7, lr 1, 60 steps, row (train loss) | +1.02 | +0.12 (default) | 0.6 |
+| same, tile | (diverges too) | +0.52 (default) | 0.6 |
+| MLP 512x512, rate 0.5, 150 steps, row (validation loss) | +0.114 (default) | +0.013 | 0.15 |
+| same, tile | +0.116 (default) | +0.033 | 0.15 |
 
-The single-pattern cases fail them (``test_single_pattern_*``), so the tests can fail.
-The tile LSTM's gap is still large: issue 13 stays open on it (docs/learning.md).
+The MLP's one pattern per step lags early and catches up: over the 20 epochs of
+``experiment=table1`` (2048x2048, rate 0.7) it ends 0.22 pp behind Bernoulli in test
+accuracy at 1/4 of the training time (docs/learning.md). The single-pattern LSTM fails
+its bound (``test_single_pattern_lstm_lags``), so the tests can fail.
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ needs_data = pytest.mark.skipif(
 
 LSTM_STEPS, MLP_STEPS, TAIL = 60, 150, 15
 # Mean loss of the last TAIL steps may exceed Bernoulli's by at most this (nats).
-LSTM_BOUND, MLP_BOUND = 0.6, 0.2
+LSTM_BOUND, MLP_BOUND = 0.6, 0.15
 
 
 class _Losses(pl.Callback):
@@ -61,7 +65,7 @@ def _fit(model, datamodule, steps: int, clip: float) -> list[float]:
     return losses.values
 
 
-def _lstm_losses(kind: str, groups="dp") -> list[float]:
+def _lstm_losses(kind: str, groups=None) -> list[float]:
     from datamodules import PTBDataModule
     from models import LSTMLanguageModel
 
@@ -97,7 +101,8 @@ def test_single_pattern_lstm_lags(lstm_bernoulli):
     assert _tail(_lstm_losses("row", groups=1)) > lstm_bernoulli + LSTM_BOUND
 
 
-def _mlp_losses(kind: str, groups="dp") -> list[float]:
+def _mlp_val_loss(kind: str, groups=None) -> float:
+    """Dense validation loss after `MLP_STEPS` steps (``groups=None``: the family default)."""
     from datamodules import MNISTDataModule
     from models import MLPClassifier
 
@@ -105,21 +110,24 @@ def _mlp_losses(kind: str, groups="dp") -> list[float]:
     dm = MNISTDataModule(str(DATA), batch_size=128, val_size=5000)
     model = MLPClassifier(hidden=(512, 512), kind=kind, rates=0.5, lr=0.05, momentum=0.9, weight_decay=5e-4,
                           schedule="none", groups=groups)
-    return _fit(model, dm, MLP_STEPS, clip=1.0)
+    _fit(model, dm, MLP_STEPS, clip=1.0)
+    dm.setup("validate")
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in dm.val_dataloader():
+            total += float(torch.nn.functional.cross_entropy(model(x), y, reduction="sum"))
+            count += len(y)
+    return total / count
 
 
 @pytest.fixture(scope="module")
 def mlp_bernoulli():
-    return _tail(_mlp_losses("bernoulli"))
+    return _mlp_val_loss("bernoulli")
 
 
 @needs_data
 @pytest.mark.parametrize("kind", ["row", "tile"])
 def test_mlp_learns_like_bernoulli(kind, mlp_bernoulli):
-    assert _tail(_mlp_losses(kind)) < mlp_bernoulli + MLP_BOUND
-
-
-@needs_data
-@pytest.mark.parametrize("kind", ["row", "tile"])
-def test_single_pattern_mlp_lags(kind, mlp_bernoulli):
-    assert _tail(_mlp_losses(kind, groups=1)) > mlp_bernoulli + MLP_BOUND
+    loss = _mlp_val_loss(kind)
+    assert loss < mlp_bernoulli + MLP_BOUND, (kind, loss, mlp_bernoulli)

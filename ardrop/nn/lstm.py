@@ -37,6 +37,10 @@ from ardrop.contract.param_reads import FlushesLazyParams, flush_params, mark_de
 from ardrop.patterns import DEFAULT_TILE, Pattern
 
 LSTM_BACKENDS = ("fast", "reference")
+# One pattern per offset, interleaved over time steps: with one pattern for the whole
+# step the LM diverges at lr 1 (docs/learning.md), as Bernoulli dropout with one mask
+# shared by all samples and time steps does.
+DEFAULT_GROUPS = "dp"
 
 
 class _LSTMLayer(nn.Module):
@@ -67,9 +71,11 @@ class ApproxLSTMLM(FlushesLazyParams, nn.Module):
         tie_weights: bool = False,
         backend: str = "fast",
         init_range: float = 0.1,
-        groups: int | str = "dp",
+        groups: int | str | None = None,
     ) -> None:
+        """``groups``: patterns per step (`PatternSite`); None is the family default, `DEFAULT_GROUPS`."""
         super().__init__()
+        groups = DEFAULT_GROUPS if groups is None else groups
         check_int("vocab_size", vocab_size)
         check_int("hidden_size", hidden_size)
         check_int("num_layers", num_layers)
