@@ -51,7 +51,7 @@ USABLE = ("tested", "fit")  # statuses whose numbers go into tables; "failed" ru
 _VOLATILE_TOP = ("seed", "rate", "output_dir", "data_dir", "ckpt_path", "test", "test_ckpt", "dropout", "search",
                  "callbacks", "logger", "hydra", "experiment")
 _VOLATILE = {
-    "model": ("kind", "groups", "backend", "tile", "rates"),
+    "model": ("kind", "groups", "backend", "tile", "rates", "hidden", "num_layers"),  # sizes: the tables' rows
     "data": ("shuffle_seed", "data_dir", "verify"),
     "trainer": ("enable_progress_bar", "enable_model_summary", "default_root_dir", "logger", "callbacks"),
 }
@@ -369,11 +369,11 @@ def build_cells(runs: list[Run], family: str, notes: list[str]) -> list[Cell]:
 # --------------------------------------------------------------------------------------
 # Formatting
 # --------------------------------------------------------------------------------------
-def fmt_ms(mean, std, n, scale=1.0, digits=2, prefix="") -> str:
-    """``mean ± std (n=k)``, the form the tables use (and the tests parse)."""
+def fmt_ms(mean, std, n, scale=1.0, digits=2, prefix="", sign=False) -> str:
+    """``mean ± std (n=k)``, the form the tables use (and the tests parse); ``sign``: always a + or -."""
     if mean is None:
         return "—"
-    s = f"{prefix}{mean * scale:.{digits}f}"
+    s = f"{prefix}{mean * scale:{'+' if sign else ''}.{digits}f}"
     if std is not None:
         s += f" ± {std * scale:.{digits}f}"
     return s + f" (n={n})"
@@ -433,7 +433,7 @@ def _pair_columns(pairs, metric: str, higher_is_better: bool, target, equal_time
     return [
         fmt_ms(*mean_std([p.speedup() for p in pairs]), prefix="x"),
         fmt_ms(*mean_std([p.step_speedup() for p in pairs]), prefix="x"),
-        fmt_ms(*mean_std([p.at_equal_time(metric) for p in pairs]), scale=equal_time_scale),
+        fmt_ms(*mean_std([p.at_equal_time(metric) for p in pairs]), scale=equal_time_scale, sign=True),
         fmt_ms(*mean_std([p.time_to_target_ratio(metric, higher_is_better, target) for p in pairs]), prefix="x"),
     ]
 

@@ -201,7 +201,7 @@ def _cells(md: str, first: str) -> list[list[str]]:
 
 
 def _parse(cell: str) -> tuple[float, float | None, int]:
-    m = re.fullmatch(r"x?(-?[\d.]+)(?: ± ([\d.]+))? \(n=(\d+)\)", cell)
+    m = re.fullmatch(r"x?([-+]?[\d.]+)(?: ± ([\d.]+))? \(n=(\d+)\)", cell)
     assert m, cell
     return float(m[1]), (float(m[2]) if m[2] else None), int(m[3])
 
