@@ -130,7 +130,7 @@ def test_grouped_mlp_matches_per_sample_reference(kind, pats, poisoned_empty):
     equal dense layers with those explicit masks, in float64."""
     torch.manual_seed(0)
     sizes = (30, 40, 24, 5)
-    fast = ApproxMLP(sizes, kind=kind, tile=4).double()
+    fast = ApproxMLP(sizes, kind=kind, tile=4, groups="dp").double()
     x = torch.randn(13, 30, dtype=torch.double)
     for layer, (dp, off) in zip(fast.hidden, pats):
         layer.site.set_pattern(Pattern(kind, dp, off, 4))
