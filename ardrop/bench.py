@@ -60,6 +60,11 @@ ALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": 
 
 
 # ---- command line --------------------------------------------------------------------
+def _max_dp(text: str):
+    """``auto`` or an integer (checked in `validate`)."""
+    return text if text == "auto" else int(text)
+
+
 def csv(cast):
     return lambda s: [cast(v) for v in s.split(",") if v]
 
@@ -81,7 +86,9 @@ def parser() -> argparse.ArgumentParser:
                    help="alternate the sides every period (default: each model in its own steady state) "
                         "or every step (each step starts in the other model's cache footprint)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--max-dp", type=int, default=8, help="largest pattern N searched per site (capped by shape)")
+    p.add_argument("--max-dp", type=_max_dp, default="auto",
+                   help="largest pattern N searched per site: auto (floor(1/(1-p)) + 1, the training default) "
+                        "or a number; capped by the site's shape")
     p.add_argument("--method", choices=("sgd", "maxent"), default="sgd", help="pattern-distribution search")
     p.add_argument("--tile", type=int, default=32)
     p.add_argument("--groups", default=None,
@@ -122,7 +129,7 @@ def validate(args) -> None:
             raise ValueError(f"--optimizers takes {', '.join(OPTIMIZERS)}, got {o!r}")
     repeats = 1 if args.repeats is None else args.repeats  # None: the model family's default period
     for name, v in (("--repeats", repeats), ("--rounds", args.rounds), ("--batch-size", args.batch_size),
-                    ("--max-dp", args.max_dp)):
+                    ("--max-dp", 1 if args.max_dp == "auto" else args.max_dp)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
     from ardrop.nn.site import check_groups
