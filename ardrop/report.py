@@ -228,12 +228,16 @@ def label_protocols(runs: list[Run]) -> None:
 
 
 def label_variants(runs: list[Run]) -> None:
-    """`bernoulli`, `row`, `tile`; qualified by groups / search only where runs of one kind differ in them."""
+    """`bernoulli`, `row`, `tile`; qualified by groups / search only where runs of one kind differ in them.
+
+    Per model family: the MLP and the LSTM default to different groups, and their runs
+    never share a table.
+    """
     details = defaultdict(set)
     for r in runs:
-        details[r.kind].add(_detail(r))
+        details[r.family, r.kind].add(_detail(r))
     for r in runs:
-        if r.kind in ("row", "tile") and len(details[r.kind]) > 1:
+        if r.kind in ("row", "tile") and len(details[r.family, r.kind]) > 1:
             g, method, n = _detail(r)
             r.variant = f"{r.kind} (groups={g}, {method}, N={n})"
         else:

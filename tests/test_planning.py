@@ -23,9 +23,16 @@ def test_plan_equals_search_plus_sequence_per_site():
 
 def test_plan_caps_max_dp_by_the_site_shape_and_skips_unstructured_sites():
     model = ApproxLSTMLM(30, 6, 1, kind="tile", rates=0.5, tile=8)  # 6 wide, 8-wide tiles: few tile diagonals
-    made = plan(model, total_steps=5)
+    made = plan(model, total_steps=5, search_cfg={"max_dp": 8})
     for name, site in made.sites:
         assert made.results[name]["max_dp"] == min(8, site.max_dp) < 8
+
+
+def test_plan_default_max_dp_is_auto_per_site_rate():
+    """No max_dp given: N = floor(1 / (1 - p)) + 1 for each site's own rate (then the shape's cap)."""
+    model = ApproxMLP((8, 64, 64, 2), kind="row", rates=[0.3, 0.7])
+    made = plan(model, total_steps=5)
+    assert [made.results[name]["max_dp"] for name, _ in made.sites] == [2, 4]
     assert plan(ApproxMLP((8, 8, 2), kind="bernoulli"), total_steps=5).sites == []
 
 

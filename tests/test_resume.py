@@ -69,7 +69,7 @@ def test_resume_rejects_a_different_model(synth_data, tmp_path):
 
 
 @pytest.mark.parametrize("change, match", [("rate=0.3", "rate was 0.5, now 0.3"),
-                                           ("search.max_dp=4", r"search.max_dp \(largest dp\) was 8, now 4"),
+                                           ("search.max_dp=4", r"search.max_dp \(largest dp\) was 3, now 4"),  # auto: 3 at rate 0.5
                                            ("seed=5", "seed was 0, now 5")])
 def test_resume_rejects_a_changed_plan(synth_data, tmp_path, change, match):
     """A resume continues the checkpoint's sequence: a changed rate, max_dp or seed is an error, not ignored."""
