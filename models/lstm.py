@@ -15,14 +15,14 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from ardrop.nn import ApproxLSTMLM
-from models.common import SkipsZeroGradientBlocks, check_optimizer, hparams_of, plain
+from models.common import LogsTrainLoss, SkipsZeroGradientBlocks, check_optimizer, hparams_of, plain
 
 
 def _detach(state):
     return tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, state)
 
 
-class LSTMLanguageModel(SkipsZeroGradientBlocks, pl.LightningModule):
+class LSTMLanguageModel(LogsTrainLoss, SkipsZeroGradientBlocks, pl.LightningModule):
     """Defaults follow Zaremba et al. 2014 (medium): plain SGD lr 1.0, no momentum,
     lr / 1.2 per epoch from epoch 6, gradient norm clipped at 5 (`trainer.gradient_clip_val`,
     set by the lstm model configs)."""
@@ -72,15 +72,18 @@ class LSTMLanguageModel(SkipsZeroGradientBlocks, pl.LightningModule):
         return logits, y, loss
 
     def on_train_epoch_start(self):
+        super().on_train_epoch_start()
         self._state.pop("train", None)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The hidden state carried from batch to batch: a mid-epoch resume continues it
         # (Lightning skips on_train_epoch_start then), so the resumed run equals the whole one.
+        super().on_save_checkpoint(checkpoint)
         state = self._state.get("train")
         checkpoint["ardrop_lstm_train_state"] = None if state is None else [t.detach().cpu() for t in state]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("ardrop_lstm_train_state")
         if state is None:
             self._state.pop("train", None)
@@ -101,8 +104,8 @@ class LSTMLanguageModel(SkipsZeroGradientBlocks, pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         _, y, loss = self._run(batch, "train")
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=y.numel())
-        self.log("train_ppl", math.exp(min(loss.item(), 50.0)), on_step=True, on_epoch=False, batch_size=y.numel())
+        if self.log_train_loss(loss, y.numel()):  # a writing step (the cadence): the perplexity too
+            self.log("train_ppl", math.exp(min(loss.item(), 50.0)), on_step=True, on_epoch=False, batch_size=y.numel())
         return loss
 
     def _eval(self, batch, stage: str, ppl, acc):

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from ardrop.nn import ApproxMLP
-from models.common import SkipsZeroGradientBlocks, check_optimizer, hparams_of, plain
+from models.common import LogsTrainLoss, SkipsZeroGradientBlocks, check_optimizer, hparams_of, plain
 
 
-class MLPClassifier(SkipsZeroGradientBlocks, pl.LightningModule):
+class MLPClassifier(LogsTrainLoss, SkipsZeroGradientBlocks, pl.LightningModule):
     """Defaults follow Caffe's MNIST solver, the paper's set-up: SGD lr 0.01, momentum 0.9,
     weight decay 5e-4, the `inv` policy (gamma 1e-4, power 0.75)."""
 
@@ -57,11 +57,11 @@ class MLPClassifier(SkipsZeroGradientBlocks, pl.LightningModule):
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        on_step = stage == "train"
-        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(y))
-        if stage == "train":  # accumulated here, logged once per epoch (on_train_epoch_end)
+        if stage == "train":  # both accumulated here, logged at the cadence and once per epoch
+            self.log_train_loss(loss, len(y))
             metric.update(logits.detach(), y)
         else:
+            self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
             metric(logits, y)
             self.log(f"{stage}_acc", metric, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
@@ -76,6 +76,7 @@ class MLPClassifier(SkipsZeroGradientBlocks, pl.LightningModule):
         state to the value's device on every ``self.log`` call (its result collection walks
         it with ``apply_to_collection``), measurable on the MLP's 10-15 ms steps.
         """
+        super().on_train_epoch_end()
         self.log("train_acc", self.train_acc.compute(), prog_bar=True)
         self.train_acc.reset()
 

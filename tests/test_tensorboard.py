@@ -52,3 +52,46 @@ def test_site_diagnostics_log_norms_against_dp(synth_data, tmp_path):
             assert f"diag/{s}/weight_grad_norm" in scalars
             dps = [e.value for e in acc.Scalars(f"diag/{s}/dp")]
             assert all(v >= 1 for v in dps) and len(dps) == 4
+
+
+class LossRecorder:
+    """Records every training step's loss and batch size (instantiated from the config by Hydra)."""
+
+    seen: list = []
+
+    def __new__(cls):
+        import pytorch_lightning as pl
+
+        class _Rec(pl.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                LossRecorder.seen.append((trainer.current_epoch, float(outputs["loss"]), len(batch[1])))
+
+        return _Rec()
+
+
+def test_train_loss_logged_at_the_cadence_with_the_weighted_epoch_mean(synth_data, tmp_path):
+    """``train_loss_step`` holds the loss of the writing steps, ``train_loss_epoch`` the batch-size-weighted mean.
+
+    The models sum the epoch mean themselves and log the step loss only on the steps Lightning
+    writes (`models.common.LogsTrainLoss`); the values must be what ``self.log`` every step gave.
+    """
+    out = tmp_path / "out"
+    LossRecorder.seen.clear()
+    cfg = compose_cfg(small_overrides(synth_data, out) + [
+        "trainer.max_epochs=2", "trainer.log_every_n_steps=3", "logger=tensorboard", "test=false",
+        "+callbacks.rec._target_=test_tensorboard.LossRecorder"])
+    run(cfg)
+    acc = EventAccumulator(str(out / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    seen = LossRecorder.seen
+    assert len(seen) == 16 and {n for _, _, n in seen} == {64, 52}  # 500 examples: 7 x 64 + 52 per epoch
+    step_vals = [e.value for e in acc.Scalars("train_loss_step")]
+    assert len(step_vals) == 5  # steps 3, 6, ..., 15 of 16
+    for logged, (_, loss, _) in zip(step_vals, seen[2::3]):
+        assert abs(logged - loss) <= 1e-6 * max(1.0, abs(loss))
+    epoch_vals = [e.value for e in acc.Scalars("train_loss_epoch")]
+    assert len(epoch_vals) == 2
+    for epoch, logged in enumerate(epoch_vals):
+        rows = [(loss, n) for e, loss, n in seen if e == epoch]
+        mean = sum(loss * n for loss, n in rows) / sum(n for _, n in rows)
+        assert abs(logged - mean) <= 1e-5 * mean, (epoch, logged, mean)
