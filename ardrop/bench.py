@@ -97,6 +97,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizers", type=csv(str), default=["sgd"],
                    help="sgd (torch.optim.SGD on both sides, primary), fused (fused=True on both sides), "
                         "lazy (ardrop.optim.LazySGD on the approximate side, torch SGD on the Bernoulli side)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum on both sides")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="SGD weight decay on both sides")
+    p.add_argument("--clip", type=float, default=None,
+                   help="gradient-norm clipping on both sides (ardrop.optim.clip, what training uses), "
+                        "e.g. 1.0 as the MLP configs; default: none. --loop sets these three from the config")
     p.add_argument("--lstm-hidden", type=int, default=1000)
     p.add_argument("--vocab", type=int, default=10000)
     p.add_argument("--seq-len", type=int, default=35)
@@ -145,6 +150,10 @@ def validate(args) -> None:
 
         for m in args.models:
             config_model_name(m)
+    if args.clip is not None and not args.clip > 0:
+        raise ValueError(f"--clip must be > 0 (a gradient-norm threshold), got {args.clip}")
+    if args.weight_decay < 0 or not 0 <= args.momentum < 1:
+        raise ValueError(f"need --weight-decay >= 0 and 0 <= --momentum < 1, got {args.weight_decay}, {args.momentum}")
     if args.warmup < 0:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
 

@@ -108,16 +108,22 @@ def baseline_optimizer(optimizer: str) -> str:
     return "sgd" if optimizer == "lazy" else optimizer
 
 
-def make_optimizer(model: nn.Module, optimizer: str):
+def make_optimizer(model: nn.Module, optimizer: str, momentum: float = 0.9, weight_decay: float = 0.0):
     if optimizer == "lazy":
         from ardrop.optim import LazySGD
 
-        return LazySGD(model.parameters(), lr=0.01, momentum=0.9)
-    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True if optimizer == "fused" else None)
+        return LazySGD(model.parameters(), lr=0.01, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=momentum, weight_decay=weight_decay,
+                           fused=True if optimizer == "fused" else None)
 
 
-def make_step(model: nn.Module, spec: ModelSpec, batch, optimizer: str):
-    opt = make_optimizer(model, optimizer)
+def make_step(model: nn.Module, spec: ModelSpec, batch, optimizer: str, momentum: float = 0.9,
+              weight_decay: float = 0.0, clip: float | None = None):
+    """One training step; ``clip`` clips the gradient norm as training does (`ardrop.optim.clip`, both sides)."""
+    from ardrop.optim.clip import clip_grad_norm_
+
+    opt = make_optimizer(model, optimizer, momentum, weight_decay)
+    params = list(model.parameters())
     x, target = batch
     model.train()
 
@@ -126,6 +132,8 @@ def make_step(model: nn.Module, spec: ModelSpec, batch, optimizer: str):
         if spec.family == "lstm":
             out = out[0].reshape(-1, spec.vocab)
         F.cross_entropy(out, target.reshape(-1)).backward()
+        if clip is not None:
+            clip_grad_norm_(params, clip)
         opt.step()
         opt.zero_grad()
 
@@ -255,8 +263,10 @@ def bench_one(spec, kind, rate, optimizer, args):
 
     gen = torch.Generator().manual_seed(args.seed)
     batch = make_batch(spec, gen)
-    times = time_pair(make_step(base, spec, batch, baseline_optimizer(optimizer)),
-                      make_step(approx, spec, batch, optimizer), set_step, steps, args.rounds, args.warmup,
+    train = dict(momentum=getattr(args, "momentum", 0.9), weight_decay=getattr(args, "weight_decay", 0.0),
+                 clip=getattr(args, "clip", None))
+    times = time_pair(make_step(base, spec, batch, baseline_optimizer(optimizer), **train),
+                      make_step(approx, spec, batch, optimizer, **train), set_step, steps, args.rounds, args.warmup,
                       args.interleave)
     base_mean, base_med = summarize(times["base"])
     approx_mean, approx_med = summarize(times["approx"])
@@ -264,7 +274,7 @@ def bench_one(spec, kind, rate, optimizer, args):
     approx_flops = statistics.fmean(gemm_flops(spec, kind, [seq[s] for _, seq in seqs], args.tile) for s in range(steps))
     realised = {seq.site: 1.0 - statistics.fmean(1.0 / seq[s].dp for s in range(steps)) for _, seq in seqs}
     return {
-        "model": spec.name, "kind": kind, "rate": rate, "optimizer": optimizer,
+        "model": spec.name, "kind": kind, "rate": rate, "optimizer": optimizer, **train,
         "batch": spec.batch, "sizes": list(spec.sizes) if spec.family == "mlp" else None,
         "base_ms": base_mean, "approx_ms": approx_mean, "speedup": base_mean / approx_mean,
         "base_median_ms": base_med, "approx_median_ms": approx_med, "speedup_median": base_med / approx_med,

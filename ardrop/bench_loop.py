@@ -19,7 +19,9 @@ the median over rounds of each fit's median step. Validation, checkpoints and th
 split are off (they are not training time); the progress bar is off (its output is
 throttled and would interleave with this table). After the loop rounds the core bench
 (``ardrop.bench_core.bench_one``) times the same model, rate and optimiser with its own method, so the
-loop's overhead over the core is one column: ``loop/core``.
+loop's overhead over the core is one column: ``loop/core``. The core side then takes the
+config's momentum, weight decay and gradient clipping too (they are the recipe, not the
+loop), so that column is what Lightning and the callbacks add.
 """
 from __future__ import annotations
 
@@ -155,7 +157,11 @@ def run_loop_bench(args) -> dict:
                     loop = {s: 1e3 * statistics.median(v[0] for v in per[s]) for s in per}
                     step = {s: 1e3 * statistics.median(v[1] for v in per[s]) for s in per}
                     optimizer = "lazy" if cfg.model.get("optimizer") == "lazy_sgd" else "sgd"
-                    args.groups = cfg.dropout.groups  # the core bench's approximate side as the loop's
+                    # The core bench's sides as the loop's: groups, momentum, weight decay and clipping
+                    # from the config, so that loop/core is the loop's own overhead, not the recipe's.
+                    args.groups = cfg.dropout.groups
+                    args.momentum, args.weight_decay = float(cfg.model.momentum), float(cfg.model.weight_decay)
+                    args.clip = cfg.trainer.get("gradient_clip_val") or None
                     core = bench_one(core_spec(cfg, model_name), kind, rate, optimizer, args)
                     rows.append({
                         "model": model_name, "kind": kind, "rate": rate, "optimizer": opt_names[kind],
@@ -164,6 +170,7 @@ def run_loop_bench(args) -> dict:
                         "step_bern_ms": step["bernoulli"], "step_approx_ms": step[kind],
                         "core_bern_ms": core["base_ms"], "core_approx_ms": core["approx_ms"],
                         "core_speedup": core["speedup"], "loop_over_core": loop[kind] / core["approx_ms"],
+                        "core_recipe": {k: core[k] for k in ("momentum", "weight_decay", "clip")},
                         "loop_steps": steps, "rounds": args.rounds, "overrides": extra,
                         "per_round_s": {s: v for s, v in per.items()},
                     })

@@ -44,7 +44,8 @@ def test_bench_smoke_writes_json(tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [(["--kinds", "bernoulli"], "--kinds"), (["--models", "resnet"], "unknown model"),
-                                        (["--optimizers", "adam"], "--optimizers")])
+                                        (["--optimizers", "adam"], "--optimizers"), (["--clip", "0"], "--clip"),
+                                        (["--momentum", "1.5"], "--momentum")])
 def test_bench_rejects_bad_options(bad, match):
     proc = _run([*SMALL, *bad, "--json", os.devnull])
     assert proc.returncode != 0 and match in proc.stderr
@@ -146,6 +147,8 @@ def test_loop_bench_runs_the_real_trainer_beside_the_core(tmp_path):
     for key in ("loop_bern_ms", "loop_approx_ms", "core_bern_ms", "core_approx_ms"):
         assert row[key] > 0
     assert row["loop_over_core"] == row["loop_approx_ms"] / row["core_approx_ms"]
+    # the core side trains with the config's recipe, so loop/core is the loop's own overhead
+    assert row["core_recipe"] == {"momentum": 0.9, "weight_decay": 5e-4, "clip": 1.0}
 
 
 def test_loop_bench_rejects_a_model_without_config():
