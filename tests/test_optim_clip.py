@@ -93,3 +93,32 @@ def test_lightning_hook_clips_with_the_trainer_value():
     module.configure_gradient_clipping(opt, gradient_clip_val=1e-3, gradient_clip_algorithm="norm")
     for p, g in zip(module.parameters(), _REF_GRADS):
         assert torch.allclose(p.grad, g, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind, groups", [("row", 1), ("tile", 1), ("row", "dp"), ("tile", "dp")])
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3], ids=["clipped", "under_threshold"])
+def test_norms_sealed_by_the_ops_equal_torch(kind, groups, max_norm, monkeypatch):
+    """Once a clip asked for them, the ops seal each block's norm; the clip then reads no sealed gradient.
+
+    The result must still be torch's (float64, 1e-12), and the single-pattern ops must
+    really hand the norms over (else this would test the read-back path again).
+    """
+    monkeypatch.setattr(_grad_buffers, "norms_wanted", False)
+    clip_grad_norm_(_grads(kind, groups).parameters(), 1e3)  # the first clip asks for the norms
+    assert _grad_buffers.norms_wanted
+    model = _grads(kind, groups, dps=(2, 3), seed=1)
+    carried = _grad_buffers.known_norms([p.grad for p in model.parameters()])
+    if groups == 1:  # at least the two hidden weights whose ops drop their blocks
+        assert sum(n is not None for n in carried) >= 2, carried
+    ref = [p.grad.clone() for p in model.parameters()]
+    for n, g in zip(carried, ref):
+        if n is not None:
+            assert torch.allclose(n, torch.linalg.vector_norm(g), rtol=1e-12, atol=0)
+    want = torch.nn.utils.clip_grad_norm_(_with_grads(ref), max_norm)
+    got = clip_grad_norm_(model.parameters(), max_norm)
+    assert torch.allclose(got, want, rtol=1e-12, atol=0)
+    for p, g in zip(model.parameters(), _REF_GRADS):
+        assert torch.allclose(p.grad, g, rtol=1e-12, atol=1e-15)
+    # a scaled gradient's old norm is stale: dropped
+    if max_norm < 1 and groups == 1:
+        assert all(n is None for n in _grad_buffers.known_norms([p.grad for p in model.parameters()]))

@@ -27,6 +27,7 @@ from ardrop.functional._common import (
     cuda_op,
     kernels_win,
 )
+from ardrop.contract import grad_buffers
 from ardrop.contract.grad_buffers import gradient_buffer, register_views, seal
 from ardrop.contract.param_reads import LINE_FLOATS, before_read, rows_region
 
@@ -108,7 +109,7 @@ class _CompactLinear(torch.autograd.Function):
                                  _rows_overwrite(out_dp, out_off) if whole_rows else None)
             rows = _rows(gw, out_dp, out_off)
             if in_dp == 1:  # the compact GEMM writes the kept rows in place, no second pass
-                _scaled_mm(gz.t(), x, alpha, out=rows)
+                block = _scaled_mm(gz.t(), x, alpha, out=rows)
             else:
                 block = _scaled_mm(gz.t(), x, alpha)
                 if not whole_rows:  # a wide stride: touch only the kept columns' cache lines
@@ -116,7 +117,8 @@ class _CompactLinear(torch.autograd.Function):
                 elif not native.scatter_cols_(rows, block, in_dp, in_off):
                     rows.zero_()  # (the fused kernel does both in one write pass)
                     rows[:, in_off::in_dp].copy_(block)
-            seal(weight, gw)
+            # the block's norm while it is in cache, for a gradient clip (`grad_buffers.want_norms`)
+            seal(weight, gw, torch.linalg.vector_norm(block) if grad_buffers.norms_wanted else None)
         if has_bias and ctx.needs_input_grad[2]:
             gb = grad_y.new_zeros(weight.shape[0])
             torch.sum(gz, 0, out=_rows(gb, out_dp, out_off))

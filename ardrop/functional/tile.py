@@ -30,6 +30,7 @@ from ardrop.functional._common import (
     cuda_op,
     kernels_win,
 )
+from ardrop.contract import grad_buffers
 from ardrop.contract.grad_buffers import gradient_buffer, register_views, seal
 from ardrop.contract.param_reads import DENSE, Region, before_read
 from ardrop.patterns import Pattern
@@ -216,18 +217,20 @@ class _TileLinear(torch.autograd.Function):
         full_cover = sum(k.cseg[2] for k in classes) == x.shape[1]
         gx = (x.new_empty(x.shape) if full_cover else x.new_zeros(x.shape)) if need_x else None
         gw = gradient_buffer(weight, (dp, offset, t), _zero_tiles) if need_w else None
+        norms = [] if need_w and grad_buffers.norms_wanted else None
         for n, k in enumerate(classes):
             wk, xc = saved[2 * n], saved[2 * n + 1]
             gzk = _gather(gz, t, k.a, dp, k.rseg)
             if need_x:
                 _scatter(gx, _mm(gzk, wk, scale), t, k.c, dp, k.cseg)
             if need_w:
-                _copy_blocks(
-                    _block_views(gw, t, k.a, k.c, dp, k.rseg, k.cseg),
-                    _block_views(_mm(gzk.t(), xc, scale), t, 0, 0, 1, k.rseg, k.cseg, True),
-                )
+                gwk = _mm(gzk.t(), xc, scale)  # exactly the class's kept elements, packed
+                _copy_blocks(_block_views(gw, t, k.a, k.c, dp, k.rseg, k.cseg),
+                             _block_views(gwk, t, 0, 0, 1, k.rseg, k.cseg, True))
+                if norms is not None:  # while it is in cache, for a gradient clip
+                    norms.append(torch.linalg.vector_norm(gwk))
         if need_w:
-            seal(weight, gw)
+            seal(weight, gw, torch.linalg.vector_norm(torch.stack(norms)) if norms else None)
         gb = gz.sum(0) if has_bias and need_b else None
         return gx, gw, gb, None, None, None, None, None, None, None
 

@@ -9,7 +9,10 @@ the floating-point sum).
 
 The blocks are known for ardrop's recycled gradient buffers that the op which wrote them
 sealed and nothing has written since (`ardrop.contract.grad_buffers`); any other
-gradient is read whole, as torch does.
+gradient is read whole, as torch does. For the 2-norm the first call asks those ops to
+seal each block's norm as well, computed while the block was in cache
+(`grad_buffers.want_norms`); from then on a sealed gradient is not read at all unless it
+is scaled. The row 2048 MLP at dp 4: the norms took 0.75 ms of a 9.3 ms step, read back.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from collections.abc import Iterable
 
 import torch
 
-from ardrop.contract.grad_buffers import reseal, written_views
+from ardrop.contract import grad_buffers
+from ardrop.contract.grad_buffers import known_norms, reseal, written_views
 
 
 def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0,
@@ -40,7 +44,13 @@ def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm:
         norms = [v.detach().abs().max() if v.numel() else v.new_zeros(()) for v in flat]
         total = torch.stack([n.to(grads[0].device) for n in norms]).max()
     else:
-        norms = [torch.linalg.vector_norm(v.detach(), norm_type) for v in flat]
+        carried = [None] * len(grads)
+        if norm_type == 2.0:
+            carried = known_norms(grads)
+            grad_buffers.want_norms()
+        norms = []
+        for vs, n in zip(views, carried):
+            norms += [n] if n is not None else [torch.linalg.vector_norm(v.detach(), norm_type) for v in vs]
         total = torch.linalg.vector_norm(torch.stack([n.to(grads[0].device) for n in norms]), norm_type)
     if error_if_nonfinite and not torch.isfinite(total):
         raise RuntimeError(
