@@ -1,15 +1,12 @@
 """What the LightningModules share: the optimiser and schedule built from hparams, region-aware clipping.
 
-Imports: torch, Lightning, omegaconf, `ardrop`, and from `callbacks` only the log cadence
-(`callbacks._cadence`, which imports nothing); never `datamodules`.
+Imports: torch, Lightning, omegaconf, `ardrop` (never `callbacks` or `datamodules`).
 """
 from __future__ import annotations
 
 import math
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-
-from callbacks._cadence import logs_this_step
 
 
 SCHEDULES = ("none", "inv", "cosine", "step")
@@ -110,6 +107,16 @@ class SkipsZeroGradientBlocks:
 
 
 
+def _writes_this_step(trainer) -> bool:
+    """Lightning's own test of whether it writes step metrics now (``log_every_n_steps``); True if unknown.
+
+    The callbacks ask the same (`callbacks._cadence`); the Lightning parts do not import each other.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    decide = getattr(type(connector), "should_update_logs", None)
+    return True if connector is None or decide is None else bool(connector.should_update_logs)
+
+
 class LogsTrainLoss:
     """LightningModule mixin: the training loss at Lightning's log cadence, and its epoch mean.
 
@@ -129,7 +136,7 @@ class LogsTrainLoss:
         acc = getattr(self, "_train_loss_sum", None)
         step_sum = loss.detach() * batch_size
         self._train_loss_sum = (step_sum, batch_size) if acc is None else (acc[0] + step_sum, acc[1] + batch_size)
-        if not logs_this_step(self.trainer):
+        if not _writes_this_step(self.trainer):
             return False
         self.log("train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size)
         return True
