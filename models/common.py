@@ -106,7 +106,6 @@ class SkipsZeroGradientBlocks:
                             gradient_clip_algorithm=gradient_clip_algorithm)
 
 
-
 def _writes_this_step(trainer) -> bool:
     """Lightning's own test of whether it writes step metrics now (``log_every_n_steps``); True if unknown.
 

@@ -48,7 +48,7 @@ norms_wanted = False  # set by the first gradient-norm clip: ops then seal their
 
 
 def want_norms() -> None:
-    """Ask the ops to hand over each sealed block's 2-norm from now on (`known_norm`).
+    """Ask the ops to hand over each sealed block's 2-norm from now on (`known_norms`).
 
     Why: an op has its weight-gradient block in cache (compact, before the scatter into the
     full-size buffer) when it writes it; a clip that reads the written views afterwards
@@ -70,32 +70,32 @@ def written_views(grads: list) -> list:
     Known for ardrop's recycled buffers that were sealed by the op that wrote them and not
     written since: a gradient norm or a clip then reads and scales only the kept block.
     """
+    out = []
+    for g, rec in zip(grads, _sealed_records(grads)):
+        fn = _VIEWS.get(rec.region[0]) if rec is not None else None
+        views = fn(g, rec.region[1]) if fn is not None else None
+        out.append([g] if views is None else [v for v in views if v is not None])
+    return out
+
+
+def _sealed_records(grads: list) -> list:
+    """Per gradient, its buffer's record when that buffer is sealed and unwritten since, else None."""
     by_ptr = {rec.tensor.data_ptr(): rec for rec in _BUFFERS.values()}
     out = []
     for g in grads:
         rec = by_ptr.get(g.data_ptr())
-        views = None
-        if (rec is not None and rec.region is not None and rec.version == rec.tensor._version
-                and rec.tensor.shape == g.shape and rec.tensor.stride() == g.stride()):
-            fn = _VIEWS.get(rec.region[0])
-            views = fn(g, rec.region[1]) if fn is not None else None
-        out.append([g] if views is None else [v for v in views if v is not None])
+        sealed = (rec is not None and rec.region is not None and rec.version == rec.tensor._version
+                  and rec.tensor.shape == g.shape and rec.tensor.stride() == g.stride())
+        out.append(rec if sealed else None)
     return out
 
 
 def known_norms(grads: list) -> list:
     """Per gradient, the 2-norm its op sealed with it (a 0-d tensor), or None when not known.
 
-    Known while the buffer is sealed and unwritten since (the version check of `written_views`).
+    Known while the buffer is sealed and unwritten since (as for `written_views`).
     """
-    by_ptr = {rec.tensor.data_ptr(): rec for rec in _BUFFERS.values()}
-    out = []
-    for g in grads:
-        rec = by_ptr.get(g.data_ptr())
-        ok = (rec is not None and rec.norm is not None and rec.region is not None
-              and rec.version == rec.tensor._version and rec.tensor.shape == g.shape and rec.tensor.stride() == g.stride())
-        out.append(rec.norm if ok else None)
-    return out
+    return [None if rec is None else rec.norm for rec in _sealed_records(grads)]
 
 
 def reseal(grads: list) -> None:
