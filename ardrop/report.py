@@ -667,6 +667,140 @@ def patterns_fig(runs: list[Run], path: Path) -> str | None:
 
 
 # --------------------------------------------------------------------------------------
+# Issue 13's learning check: step-for-step training loss against Bernoulli
+# --------------------------------------------------------------------------------------
+LEARNING_STEP = 1000  # the step at which the loss is compared with Bernoulli's
+LEARNING_WARMUP = 100  # after this step the loss must stay below ln V
+LEARNING_LOSS_TOL = 0.05  # approximate loss at LEARNING_STEP at most 5% above Bernoulli's
+LEARNING_PPL_TOL = 0.10  # one-epoch validation perplexity at most 10% above Bernoulli's
+LEARNING_WINDOW = 100  # the smoother comparison: mean loss of the last this many steps up to LEARNING_STEP
+
+
+def step_losses(r: Run) -> dict[int, float | None] | None:
+    """Every training step's loss, or None unless the run kept all of them.
+
+    Why only then: the max-after-warm-up criterion is about *every* step; a thinned curve
+    (``log_every_n_steps`` > 1 or a summary that halved its points) could hide a spike.
+    """
+    lc = r.doc.get("loss_curve") or {}
+    tr = (r.doc.get("config") or {}).get("trainer") or {}
+    if lc.get("every_n_log_steps") != 1 or tr.get("log_every_n_steps") != 1:
+        return None
+    return {int(p[0]): p[2] for p in lc.get("points") or []}
+
+
+def _full_epoch(r: Run) -> bool:
+    tr = (r.doc.get("config") or {}).get("trainer") or {}
+    return tr.get("max_steps") in (-1, None) and tr.get("limit_train_batches") in (None, 1, 1.0)
+
+
+def _last_val(r: Run, metric: str) -> tuple[int | None, float | None]:
+    pts = [p for p in r.doc.get("curve") or [] if p.get(metric) is not None]
+    return (pts[-1].get("step"), pts[-1][metric]) if pts else (None, None)
+
+
+def learning_table(runs: list[Run], notes: list[str], step: int = LEARNING_STEP,
+                   warmup: int = LEARNING_WARMUP) -> str | None:
+    """Issue 13's LSTM criteria per (approximate, Bernoulli) pair of the same protocol, size, rate and seed."""
+    cells = [c for c in build_cells(runs, "lstm", []) if "bernoulli" in c.runs and c.approx_variants()]
+    rows, all_runs = [], []
+    window = min(LEARNING_WINDOW, step)
+    for c in cells:
+        for v in c.approx_variants():
+            for p in c.pairs(v):
+                lb, la = step_losses(p.base), step_losses(p.approx)
+                if lb is None or la is None:
+                    continue
+                all_runs += [p.base, p.approx]
+                chance = math.log(p.approx.choices.get("vocab_size") or 0) if p.approx.choices.get("vocab_size") else None
+                after = [x for s, x in la.items() if warmup < s <= step]
+                worst = None if not after else (math.inf if any(x is None for x in after) else max(after))
+                at_b, at_a = lb.get(step), la.get(step)
+                ratio = None if at_b is None or at_a is None else at_a / at_b
+                win_b = [lb.get(s) for s in range(step - window + 1, step + 1)]
+                win_a = [la.get(s) for s in range(step - window + 1, step + 1)]
+                mb = statistics.fmean(win_b) if None not in win_b else None
+                ma = statistics.fmean(win_a) if None not in win_a else None
+                wratio = None if mb is None or ma is None else ma / mb
+                vs_b, vb = _last_val(p.base, "val_ppl")
+                vs_a, va = _last_val(p.approx, "val_ppl")
+                epoch = _full_epoch(p.base) and _full_epoch(p.approx) and vb is not None and va is not None
+                vratio = va / vb if epoch else None
+                checks = [worst is not None and chance is not None and worst < chance,
+                          ratio is not None and ratio <= 1 + LEARNING_LOSS_TOL]
+                if epoch:
+                    checks.append(vratio <= 1 + LEARNING_PPL_TOL)
+                short = max(la, default=0) < step
+                verdict = f"too short ({max(la, default=0)} steps)" if short else ("✓" if all(checks) else "✗")
+                rows.append([c.arch, c.rate_label, v, str(p.approx.seed), fmt_num(worst, 2), fmt_num(chance, 2),
+                             fmt_num(at_b, 3), fmt_num(at_a, 3), fmt_num(ratio, 3),
+                             fmt_num(mb, 3), fmt_num(ma, 3), fmt_num(wratio, 3),
+                             fmt_num(vb, 1) if epoch else "—", fmt_num(va, 1) if epoch else "—",
+                             fmt_num(vratio, 3), verdict])
+    if not rows:
+        return None
+    out = ["# Learning check (issue 13): approximate vs Bernoulli dropout, step for step", "",
+           "LSTM runs that kept every step's training loss (`experiment=learning_lstm`). Each row is one approximate "
+           "run and the Bernoulli run of the same size, rate, seed and protocol; the same seed gives both the same "
+           "batches in the same order.", "",
+           f"Criteria (✓ when all hold): the approximate run's training loss stays below ln V (a uniform guess) at "
+           f"every step after step {warmup} up to step {step}; its loss at step {step} is at most "
+           f"{100 * LEARNING_LOSS_TOL:g}% above Bernoulli's at that step; for runs of one full epoch, its validation "
+           f"perplexity at the end of the epoch is at most {100 * LEARNING_PPL_TOL:g}% above Bernoulli's. The mean "
+           f"of steps {step - window + 1}-{step} is shown beside the single step, which one batch can move.", "",
+           f"Machine: {_machines(all_runs)}.", ""]
+    header = ["layers x units", "rate", "kind", "seed", f"max loss, steps {warmup + 1}-{step}", "ln V",
+              f"Bernoulli loss @{step}", f"approx loss @{step}", "ratio",
+              f"Bernoulli mean {step - window + 1}-{step}", "approx mean", "ratio ",
+              "Bernoulli val ppl, 1 epoch", "approx val ppl, 1 epoch", "ppl ratio", "verdict"]
+    out += [_md_table(header, rows), ""]
+    return "\n".join(out)
+
+
+def learning_fig(runs: list[Run], path: Path, step: int = LEARNING_STEP, warmup: int = LEARNING_WARMUP) -> str | None:
+    """Training loss (running mean of 25 steps) against step, one panel per (size, rate), with ln V."""
+    panels = defaultdict(list)
+    for r in runs:
+        if r.family == "lstm" and r.status in USABLE and step_losses(r):
+            panels[(r.protocol, r.arch, r.rate_label)].append(r)
+    panels = {k: rs for k, rs in panels.items() if any(r.kind == "bernoulli" for r in rs) and len(rs) > 1}
+    if not panels:
+        return ("needs LSTM runs that kept every step's loss (experiment=learning_lstm), Bernoulli and approximate "
+                "at the same size and rate")
+    keys = sorted(panels, key=lambda k: (k[0], _arch_order(k[1]), k[2]))
+    archs = sorted({k[1] for k in keys}, key=_arch_order)
+    rates = sorted({k[2] for k in keys})
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(archs), len(rates), figsize=(4.6 * len(rates), 3.6 * len(archs)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for key in keys:
+        ax = axes[archs.index(key[1])][rates.index(key[2])]
+        ax.set_visible(True)
+        chance = None
+        for r in sorted(panels[key], key=lambda r: (_variant_order(r.variant), str(r.seed))):
+            pts = sorted((s, x) for s, x in step_losses(r).items() if x is not None)
+            xs, ys = [s for s, _ in pts], [x for _, x in pts]
+            k = 25
+            smooth = [statistics.fmean(ys[max(0, i - k + 1):i + 1]) for i in range(len(ys))]
+            ax.plot(xs, smooth, linewidth=1.0, color=_color(r.variant), label=f"{r.variant}, seed {r.seed}")
+            vocab = r.choices.get("vocab_size")
+            chance = math.log(vocab) if vocab else chance
+        if chance:
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=0.8, label="ln V")
+        ax.axvline(warmup, color="grey", linestyle=":", linewidth=0.8)
+        ax.axvline(step, color="black", linestyle=":", linewidth=0.8)
+        ax.set(xlabel="step", ylabel="training loss (25-step mean)", title=f"LSTM {key[1]}, rate {key[2]}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Training loss, approximate vs Bernoulli dropout (issue 13's learning check)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# --------------------------------------------------------------------------------------
 # Runs list, collection, the whole report
 # --------------------------------------------------------------------------------------
 RUN_COLUMNS = ["file", "status", "protocol", "experiment", "family", "model", "arch", "variant", "rate", "seed",
@@ -719,7 +853,7 @@ def collect(runs: list[Run], dest: Path, progress: Callable[[str], None] = lambd
 
 def build_report(inputs: list[str | Path], out: str | Path, *, collect_dir: str | Path | None = None,
                  fig5_arch: str = "2048x2048", fig6_rate: float = 0.5, target_acc: float | None = None,
-                 target_ppl: float | None = None, progress: Callable[[str], None] = lambda s: None) -> dict:
+                 target_ppl: float | None = None, learning_step: int = LEARNING_STEP, progress: Callable[[str], None] = lambda s: None) -> dict:
     """Read the summaries under ``inputs`` and write the tables, figures and run list into ``out``.
 
     Returns ``{"written": [paths], "skipped": {name: reason}, "notes": [...], "runs": n}``.
@@ -749,7 +883,11 @@ def build_report(inputs: list[str | Path], out: str | Path, *, collect_dir: str 
     put_text("table2.md", table2(runs, notes, target_ppl),
              "needs LSTM runs with Bernoulli and row/tile dropout at the same size, rate and protocol "
              "(experiment=table2)")
+    put_text("learning.md", learning_table(runs, notes, learning_step),
+             "needs LSTM runs that kept every step's loss, Bernoulli and row/tile at the same size, rate and protocol "
+             "(experiment=learning_lstm)")
     for name, draw in (("fig5.png", lambda p: fig5(runs, p, fig5_arch, notes)),
+                       ("learning.png", lambda p: learning_fig(runs, p, learning_step)),
                        ("fig6.png", lambda p: fig6(runs, p, fig6_rate, notes)),
                        ("patterns.png", lambda p: patterns_fig(runs, p))):
         why = draw(out / name)
@@ -792,14 +930,19 @@ def main(argv: list[str] | None = None) -> int:
                     "default: per pair, the lower of the two best validation accuracies")
     ap.add_argument("--target-ppl", type=float, help="time-to-target validation perplexity for Table 2; default: "
                     "per pair, the higher of the two best validation perplexities")
+    ap.add_argument("--learning-step", type=int, default=LEARNING_STEP,
+                    help=f"the step at which learning.md compares training losses (default {LEARNING_STEP})")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)
     if args.target_acc is not None and not 0 < args.target_acc <= 1:
         ap.error(f"--target-acc is a fraction in (0, 1], got {args.target_acc}")
+    if args.learning_step <= LEARNING_WARMUP:
+        ap.error(f"--learning-step must be above the warm-up of {LEARNING_WARMUP} steps, got {args.learning_step}")
     progress = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     try:
         result = build_report(args.inputs, args.out, collect_dir=args.collect, fig5_arch=args.fig5_model,
                               fig6_rate=args.fig6_rate, target_acc=args.target_acc, target_ppl=args.target_ppl,
+                              learning_step=args.learning_step,
                               progress=progress)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)

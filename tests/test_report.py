@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import re
 import statistics
@@ -351,3 +352,72 @@ def test_experiment_sweeps_compose():
     assert t2.model.num_layers == 3 and t2.trainer.limit_train_batches == 0.5 and t2.trainer.max_epochs == 1
     assert f6.model.num_layers == 3 and f6.trainer.val_check_interval == 0.1
     assert list(f5.model.hidden) == [2048, 2048] and f5.trainer.max_epochs == 20
+
+
+# -- issue 13's learning check (learning.md / learning.png) ---------------------------------
+def _learning_copy(doc, kind, run_id, losses, val_ppl, seed=0, every=1):
+    """A copy of a real LSTM summary with the given per-step losses and final validation perplexity."""
+    d = json.loads(json.dumps(doc))
+    d["run_id"], d["choices"]["dropout"], d["choices"]["seed"] = run_id, kind, seed
+    d["choices"]["vocab_size"] = 10000
+    d["config"]["trainer"].update(max_steps=-1, limit_train_batches=None, log_every_n_steps=1)
+    d["loss_curve"] = {"columns": ["step", "train_time_s", "loss"], "every_n_log_steps": every,
+                       "points": [[s, 0.1 * s, x] for s, x in sorted(losses.items())][::every]}
+    d["curve"] = [{"step": 600, "epoch": 0, "train_time_s": 60.0, "val_ppl": 2 * val_ppl},
+                  {"step": 1200, "epoch": 0, "train_time_s": 120.0, "val_ppl": val_ppl}]
+    return d
+
+
+def test_learning_table_applies_issue_13s_criteria(sweeps, tmp_path):
+    """Synthetic loss curves on real summaries: the table's maxima, ratios and verdicts against values
+    computed here; a thinned curve is left out (it could hide a spike)."""
+    lstm = {d["choices"]["dropout"]: d for d in _summaries(sweeps["fig6"])}
+    base = {s: 9.0 - 2 * s / 1200 for s in range(1, 1201)}
+    row = {s: x + 0.2 for s, x in base.items()}
+    row[50] = 9.5  # above ln V before the warm-up ends: allowed
+    tile = {s: x + 0.1 for s, x in base.items()}
+    tile[500] = 9.3  # above ln V = 9.21 after it: fails
+    src = tmp_path / "runs"
+    src.mkdir()
+    for name, doc in (("b", _learning_copy(lstm["bernoulli"], "bernoulli", "b0", base, 400.0)),
+                      ("r", _learning_copy(lstm["row"], "row", "r0", row, 430.0)),
+                      ("t", _learning_copy(lstm["row"], "tile", "t0", tile, 410.0)),
+                      ("b1", _learning_copy(lstm["bernoulli"], "bernoulli", "b1", base, 400.0, seed=1)),
+                      ("r1", _learning_copy(lstm["row"], "row", "r1", row, 430.0, seed=1, every=2))):
+        (src / f"{name}.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    res = build_report([src], out)
+    assert {"learning.md", "learning.png"} <= {p.name for p in res["written"]}
+    assert (out / "learning.png").read_bytes().startswith(PNG_MAGIC)
+    md = (out / "learning.md").read_text()
+    rows = _cells(md, "3x16")
+    assert [(r[2], r[3]) for r in rows] == [("row", "0"), ("tile", "0")]  # seed 1's thinned curve: no row
+    (r_row, r_tile) = rows
+    assert float(r_row[4]) == pytest.approx(max(row[s] for s in range(101, 1001)), abs=0.006)
+    assert float(r_row[5]) == pytest.approx(math.log(10000), abs=0.006)
+    assert float(r_row[6]) == pytest.approx(base[1000], abs=6e-4) and float(r_row[7]) == pytest.approx(row[1000], abs=6e-4)
+    assert float(r_row[8]) == pytest.approx(row[1000] / base[1000], abs=6e-4)
+    mean_b = statistics.fmean(base[s] for s in range(901, 1001))
+    mean_r = statistics.fmean(row[s] for s in range(901, 1001))
+    assert float(r_row[11]) == pytest.approx(mean_r / mean_b, abs=6e-4)
+    assert float(r_row[14]) == pytest.approx(430 / 400, abs=6e-4)
+    assert r_row[-1] == "✓"
+    assert float(r_tile[4]) == pytest.approx(9.3, abs=0.006) and r_tile[-1] == "✗"
+    # the same row with a one-epoch perplexity 12% above Bernoulli's fails on that criterion alone
+    (src / "r.json").write_text(json.dumps(_learning_copy(lstm["row"], "row", "r0", row, 448.0)))
+    build_report([src], out)
+    assert _cells((out / "learning.md").read_text(), "3x16")[0][-1] == "✗"
+
+
+def test_learning_table_reads_real_runs(sweeps):
+    """The 2-step LSTM sweep (every step logged): the losses in the table are the runs' own."""
+    from ardrop.report import find_summaries, learning_table
+
+    runs, _ = find_summaries([sweeps["fig6"]])
+    md = learning_table(runs, [], step=2, warmup=0)
+    lstm = {d["choices"]["dropout"]: d for d in _summaries(sweeps["fig6"])}
+    at2 = {k: next(p[2] for p in d["loss_curve"]["points"] if p[0] == 2) for k, d in lstm.items()}
+    (row,) = _cells(md, "3x16")
+    assert float(row[6]) == pytest.approx(at2["bernoulli"], abs=6e-4)
+    assert float(row[7]) == pytest.approx(at2["row"], abs=6e-4)
+    assert row[-1] in ("✓", "✗")  # 2 steps: not judged here, but not "too short"
