@@ -417,6 +417,8 @@ def _protocol_line(cell_runs: list[Run]) -> str:
     bits.append(f"{model.get('optimizer')} lr {model.get('lr')}, momentum {model.get('momentum')}, schedule "
                 f"{model.get('schedule')}, clip {tr.get('gradient_clip_val')}")
     bits.append(f"training steps per run: {', '.join(map(str, steps))}")
+    tested = sorted({str((r.doc.get("config") or {}).get("test_ckpt", "best")) for r in cell_runs})
+    bits.append(f"tested checkpoint: {', '.join(tested)}")
     return "; ".join(bits)
 
 
@@ -450,7 +452,8 @@ def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -
               else "the lower of the two runs' best validation accuracies")
     out = ["# Table 1: MNIST MLPs, approximate vs Bernoulli dropout", "",
            "Our runs (test accuracy as each run tested it: the best-validation checkpoint under the default "
-           "`test_ckpt=best`) next to the paper's Table 1 (Caffe, GPU, "
+           "`test_ckpt=best`, the last weights under `test_ckpt=last`; each protocol line says which) next to the "
+           "paper's Table 1 (Caffe, GPU, "
            "60K iterations; each paper row has its own Bernoulli run).", "",
            _DEFINITIONS.format(metric="accuracy (pp)", target=target), ""]
     header = ["rate", "size", "kind", "Bernoulli acc %", "approx acc %", "Δ pp", "speedup", "step x",
@@ -487,7 +490,8 @@ def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -
               else "the higher of the two runs' best validation perplexities")
     out = ["# Table 2: PTB word LSTM language models, approximate vs Bernoulli dropout", "",
            "Our runs (test perplexity and word accuracy as each run tested it: the best-validation checkpoint "
-           "under the default `test_ckpt=best`) next to the paper's "
+           "under the default `test_ckpt=best`, the last weights under `test_ckpt=last`; each protocol line says "
+           "which) next to the paper's "
            "Table 2 (Caffe, GPU, 110K iterations on an 8.8K-word corpus, 1000 units per layer). The paper's LM "
            "score is not perplexity (its formula was lost; lower is better, an untrained model scores about 105); "
            "compare it only as approximate vs Bernoulli.", "",
@@ -740,7 +744,8 @@ def learning_table(runs: list[Run], notes: list[str], step: int = LEARNING_STEP,
                 if lb is None or la is None:
                     continue
                 all_runs += [p.base, p.approx]
-                chance = math.log(p.approx.choices.get("vocab_size") or 0) if p.approx.choices.get("vocab_size") else None
+                vocab = p.approx.choices.get("vocab_size")
+                chance = math.log(vocab) if vocab else None
                 after = [x for s, x in la.items() if warmup < s <= step]
                 worst = None if not after else (math.inf if any(x is None for x in after) else max(after))
                 at_b, at_a = lb.get(step), la.get(step)
@@ -778,8 +783,8 @@ def learning_table(runs: list[Run], notes: list[str], step: int = LEARNING_STEP,
            f"of steps {step - window + 1}-{step} is shown beside the single step, which one batch can move.", "",
            f"Machine: {_machines(all_runs)}.", ""]
     header = ["layers x units", "rate", "kind", "seed", f"max loss, steps {warmup + 1}-{step}", "ln V",
-              f"Bernoulli loss @{step}", f"approx loss @{step}", "ratio",
-              f"Bernoulli mean {step - window + 1}-{step}", "approx mean", "ratio ",
+              f"Bernoulli loss @{step}", f"approx loss @{step}", "loss ratio",
+              f"Bernoulli mean {step - window + 1}-{step}", "approx mean", "mean ratio",
               "Bernoulli val ppl, 1 epoch", "approx val ppl, 1 epoch", "ppl ratio", "verdict"]
     out += [_md_table(header, rows), ""]
     return "\n".join(out)
@@ -881,7 +886,8 @@ def collect(runs: list[Run], dest: Path, progress: Callable[[str], None] = lambd
 
 def build_report(inputs: list[str | Path], out: str | Path, *, collect_dir: str | Path | None = None,
                  fig5_arch: str = "2048x2048", fig6_rate: float = 0.5, target_acc: float | None = None,
-                 target_ppl: float | None = None, learning_step: int = LEARNING_STEP, progress: Callable[[str], None] = lambda s: None) -> dict:
+                 target_ppl: float | None = None, learning_step: int = LEARNING_STEP,
+                 progress: Callable[[str], None] = lambda s: None) -> dict:
     """Read the summaries under ``inputs`` and write the tables, figures and run list into ``out``.
 
     Returns ``{"written": [paths], "skipped": {name: reason}, "notes": [...], "runs": n}``.
