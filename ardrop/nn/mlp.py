@@ -23,10 +23,11 @@ from ardrop.patterns import DEFAULT_TILE
 
 
 # One pattern per step (the paper's), measured against `dp` groups on MNIST 2048x2048 at
-# rate 0.7 over 20 epochs (docs/learning.md): row -0.22 pp against Bernoulli at x4.01
-# training time, where groups=dp gave -0.07 pp at x1.78; at equal wall time one pattern is
-# ahead (one pattern per step runs ~4x the epochs in the same time). The LSTM LM, where
-# one pattern would serve every sample and time step of a step, diverges without groups.
+# rate 0.7 over 20 epochs (docs/learning.md): with N = auto, row +0.03 pp against
+# Bernoulli at equal epochs and +1.09 pp at equal wall time, x4.0 training time (3 seeds);
+# groups=dp gave -0.07 pp at x1.78 (N = 8, one seed), so one pattern per step wins at
+# equal wall time. The LSTM LM, where one pattern would serve every sample and time step
+# of a step, diverges without groups.
 DEFAULT_GROUPS = 1
 
 
