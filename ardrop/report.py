@@ -642,8 +642,9 @@ def fig6(runs: list[Run], path: Path, rate: float, notes: list[str]) -> str | No
     if not usable:
         return (f"needs LSTM runs at rate {rate:g}, Bernoulli and approximate, each validated at least twice "
                 f"during training (experiment=fig6); found {len(cands)} LSTM run(s) at that rate with curves")
-    # The paper's Fig. 6 is the 3-layer LSTM: prefer it, then the group with most runs.
-    key = max(usable, key=lambda k: (k[1].startswith("3x"), len(usable[k]), k))
+    # The paper's Fig. 6 is the 3-layer LSTM: prefer it, then the group with most runs, then the most validations.
+    key = max(usable, key=lambda k: (k[1].startswith("3x"), len(usable[k]),
+                                     min(len(r.curve("val_ppl")) for r in usable[k]), k))
     if len(usable) > 1:
         notes.append(f"fig6.png: {key[1]} ({key[0]}) drawn; also available: "
                      f"{', '.join(f'{a} ({p})' for p, a in sorted(set(usable) - {key}))}")
