@@ -805,7 +805,8 @@ def learning_fig(runs: list[Run], path: Path, step: int = LEARNING_STEP, warmup:
     archs = sorted({k[1] for k in keys}, key=_arch_order)
     rates = sorted({k[2] for k in keys})
     plt = _pyplot()
-    fig, axes = plt.subplots(len(archs), len(rates), figsize=(4.6 * len(rates), 3.6 * len(archs)), squeeze=False)
+    fig, axes = plt.subplots(len(archs), len(rates), figsize=(max(4.6 * len(rates), 7.0), 3.6 * len(archs) + 0.4),
+                             squeeze=False)
     for ax in axes.flat:
         ax.set_visible(False)
     for key in keys:
@@ -827,7 +828,7 @@ def learning_fig(runs: list[Run], path: Path, step: int = LEARNING_STEP, warmup:
         ax.set(xlabel="step", ylabel="training loss (25-step mean)", title=f"LSTM {key[1]}, rate {key[2]}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Training loss, approximate vs Bernoulli dropout (issue 13's learning check)", fontsize=10)
+    fig.suptitle("Training loss, approximate vs Bernoulli dropout, step for step", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
