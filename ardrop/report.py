@@ -902,6 +902,10 @@ def build_report(inputs: list[str | Path], out: str | Path, *, collect_dir: str 
     failed = [r for r in runs if r.status not in USABLE]
     for r in failed:
         notes.append(f"{r.path}: status {r.status} ({r.doc.get('error') or 'no error recorded'}); left out of tables")
+    for r in runs:
+        if r.status == "fit" and (r.doc.get("config") or {}).get("test", True):
+            notes.append(f"{r.path}: trained but not tested yet (a run still testing, or one stopped during its "
+                         "test); its test columns are empty until the run writes its summary again")
     written, skipped = [], {}
 
     def put_text(name: str, text: str | None, why: str):

@@ -421,3 +421,17 @@ def test_learning_table_reads_real_runs(sweeps):
     assert float(row[6]) == pytest.approx(at2["bernoulli"], abs=6e-4)
     assert float(row[7]) == pytest.approx(at2["row"], abs=6e-4)
     assert row[-1] in ("✓", "✗")  # 2 steps: not judged here, but not "too short"
+
+
+def test_report_notes_a_run_collected_before_its_test(sweeps, tmp_path):
+    """A summary copied while its run was still testing says so, instead of silently empty test columns."""
+    doc = _summaries(sweeps["fig6"])[0]
+    doc["status"] = "fit"
+    doc["final"] = {k: v for k, v in doc["final"].items() if not k.startswith("test_")}
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    res = build_report([tmp_path / "a.json"], tmp_path / "out")
+    assert any("trained but not tested yet" in n for n in res["notes"])
+    doc["config"]["test"] = False  # a run told not to test: nothing to say
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    res = build_report([tmp_path / "a.json"], tmp_path / "out")
+    assert not any("not tested" in n for n in res["notes"])
