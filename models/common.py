@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import torch
+from pytorch_lightning.callbacks import StochasticWeightAveraging, WeightAveraging
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
@@ -94,6 +95,20 @@ class SkipsZeroGradientBlocks:
         sched = make_schedule(opt, h.schedule, total_steps=self.trainer.estimated_stepping_batches,
                               **{k: h[k] for k in _SCHEDULE_KEYS if k in h})
         return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
+
+    def on_fit_start(self):
+        # Lightning's weight-averaging callbacks (EMA, SWA) read every parameter straight from the
+        # module after optimiser steps, past ardrop's read contract: with a `LazySGD` they would
+        # average stale values. Then each step ends with the frames folded (torch SGD's cost).
+        self._flush_after_step = any(isinstance(cb, (WeightAveraging, StochasticWeightAveraging))
+                                     for cb in self.trainer.callbacks)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if getattr(self, "_flush_after_step", False):
+            flush = getattr(getattr(optimizer, "optimizer", optimizer), "flush", None)
+            if flush is not None:
+                flush()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         if gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":

@@ -421,6 +421,31 @@ def test_deepcopy_and_pickle_see_current_weights():
             assert torch.allclose(got[k], want[k], rtol=1e-12, atol=1e-12), k
 
 
+@pytest.mark.parametrize("ema", [False, True], ids=["swa_mean", "ema"])
+def test_averaged_model_after_flush_equals_torch_sgd(ema):
+    """`torch.optim.swa_utils.AveragedModel` reads parameters directly, past the read contract: after
+    ``optimizer.flush()`` (the documented call before such a read) it averages torch SGD's weights."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    kw = {"multi_avg_fn": get_ema_multi_avg_fn(0.7)} if ema else {}
+    avgs, stale = {}, []
+
+    def update(model, ref, opt, ref_opt):
+        if not avgs:
+            avgs["lazy"], avgs["ref"] = AveragedModel(model, **kw), AveragedModel(ref, **kw)
+        raw = [p.detach().clone() for p in model.parameters()]  # what a read without the flush sees
+        opt.flush()
+        stale.append(any(not torch.equal(r, p) for r, p in zip(raw, model.parameters())))
+        avgs["lazy"].update_parameters(model)
+        avgs["ref"].update_parameters(ref)
+        return opt, ref_opt
+
+    _assert_same(*_run_pair(WD, steps=40, window=500, events={s: update for s in range(5, 40)}))
+    assert sum(stale) > 10  # the flushes really folded pending updates: unflushed reads would be stale
+    for a, b in zip(avgs["lazy"].parameters(), avgs["ref"].parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
 def test_a_foreign_write_is_honoured_or_refused(weight_decay):
     """``p.copy_`` behind the optimizer's back: exact without weight decay, a clear error with it."""

@@ -95,6 +95,23 @@ def test_lazy_sgd_trains_like_torch_sgd(synth_data, tmp_path):
         assert torch.allclose(v, weights["lazy_sgd"][k], rtol=1e-4, atol=1e-5), k
 
 
+def test_weight_averaging_callback_sees_lazy_sgds_current_weights(synth_data, tmp_path):
+    """Lightning's EMA callback reads the weights straight from the module after each step, past the
+    read contract: with lazy_sgd it must average the same weights as with torch's SGD (the models fold
+    LazySGD's pending updates after each step when such a callback is present)."""
+    states = {}
+    for opt in ("sgd", "lazy_sgd"):
+        out = tmp_path / opt
+        run(compose_cfg(small_overrides(synth_data, out) + [
+            f"model.optimizer={opt}", "logger=none", "test=false",
+            "+callbacks.ema._target_=pytorch_lightning.callbacks.EMAWeightAveraging", "+callbacks.ema.decay=0.5"]))
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+        states[opt] = ckpt["state_dict"]  # the callback puts the averaged weights here
+        assert "current_model_state" in ckpt
+    for k, v in states["sgd"].items():
+        assert torch.allclose(v, states["lazy_sgd"][k], rtol=1e-4, atol=1e-5), k
+
+
 def test_unknown_optimizer_is_a_clear_error(synth_data, tmp_path):
     cfg = compose_cfg(small_overrides(synth_data, tmp_path / "o") + ["model.optimizer=adam", "logger=none"])
     with pytest.raises(Exception, match="unknown optimizer 'adam': set model.optimizer"):  # via instantiate
