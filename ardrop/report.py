@@ -727,13 +727,18 @@ def _full_epoch(r: Run) -> bool:
     return tr.get("max_steps") in (-1, None) and tr.get("limit_train_batches") in (None, 1, 1.0)
 
 
-def _last_val(r: Run, metric: str) -> tuple[int | None, float | None]:
+def _last_val(r: Run, metric: str) -> float | None:
     pts = [p for p in r.doc.get("curve") or [] if p.get(metric) is not None]
-    return (pts[-1].get("step"), pts[-1][metric]) if pts else (None, None)
+    return pts[-1][metric] if pts else None
 
 
-def learning_table(runs: list[Run], notes: list[str], step: int = LEARNING_STEP,
-                   warmup: int = LEARNING_WARMUP) -> str | None:
+def _chance_loss(r: Run) -> float | None:
+    """ln V, the loss of a uniform guess over the run's vocabulary."""
+    vocab = r.choices.get("vocab_size")
+    return math.log(vocab) if vocab else None
+
+
+def learning_table(runs: list[Run], step: int = LEARNING_STEP, warmup: int = LEARNING_WARMUP) -> str | None:
     """Issue 13's LSTM criteria per (approximate, Bernoulli) pair of the same protocol, size, rate and seed."""
     cells = [c for c in build_cells(runs, "lstm", []) if "bernoulli" in c.runs and c.approx_variants()]
     rows, all_runs = [], []
@@ -745,8 +750,7 @@ def learning_table(runs: list[Run], notes: list[str], step: int = LEARNING_STEP,
                 if lb is None or la is None:
                     continue
                 all_runs += [p.base, p.approx]
-                vocab = p.approx.choices.get("vocab_size")
-                chance = math.log(vocab) if vocab else None
+                chance = _chance_loss(p.approx)
                 after = [x for s, x in la.items() if warmup < s <= step]
                 worst = None if not after else (math.inf if any(x is None for x in after) else max(after))
                 at_b, at_a = lb.get(step), la.get(step)
@@ -756,8 +760,7 @@ def learning_table(runs: list[Run], notes: list[str], step: int = LEARNING_STEP,
                 mb = statistics.fmean(win_b) if None not in win_b else None
                 ma = statistics.fmean(win_a) if None not in win_a else None
                 wratio = None if mb is None or ma is None else ma / mb
-                vs_b, vb = _last_val(p.base, "val_ppl")
-                vs_a, va = _last_val(p.approx, "val_ppl")
+                vb, va = _last_val(p.base, "val_ppl"), _last_val(p.approx, "val_ppl")
                 epoch = _full_epoch(p.base) and _full_epoch(p.approx) and vb is not None and va is not None
                 vratio = va / vb if epoch else None
                 checks = [worst is not None and chance is not None and worst < chance,
@@ -793,11 +796,12 @@ def learning_table(runs: list[Run], notes: list[str], step: int = LEARNING_STEP,
 
 def learning_fig(runs: list[Run], path: Path, step: int = LEARNING_STEP, warmup: int = LEARNING_WARMUP) -> str | None:
     """Training loss (running mean of 25 steps) against step, one panel per (size, rate), with ln V."""
-    panels = defaultdict(list)
+    panels = defaultdict(list)  # (protocol, arch, rate) -> [(run, its step losses)]
     for r in runs:
-        if r.family == "lstm" and r.status in USABLE and step_losses(r):
-            panels[(r.protocol, r.arch, r.rate_label)].append(r)
-    panels = {k: rs for k, rs in panels.items() if any(r.kind == "bernoulli" for r in rs) and len(rs) > 1}
+        losses = step_losses(r) if r.family == "lstm" and r.status in USABLE else None
+        if losses:
+            panels[(r.protocol, r.arch, r.rate_label)].append((r, losses))
+    panels = {k: rs for k, rs in panels.items() if any(r.kind == "bernoulli" for r, _ in rs) and len(rs) > 1}
     if not panels:
         return ("needs LSTM runs that kept every step's loss (experiment=learning_lstm), Bernoulli and approximate "
                 "at the same size and rate")
@@ -813,14 +817,13 @@ def learning_fig(runs: list[Run], path: Path, step: int = LEARNING_STEP, warmup:
         ax = axes[archs.index(key[1])][rates.index(key[2])]
         ax.set_visible(True)
         chance = None
-        for r in sorted(panels[key], key=lambda r: (_variant_order(r.variant), str(r.seed))):
-            pts = sorted((s, x) for s, x in step_losses(r).items() if x is not None)
+        for r, losses in sorted(panels[key], key=lambda rl: (_variant_order(rl[0].variant), str(rl[0].seed))):
+            pts = sorted((s, x) for s, x in losses.items() if x is not None)
             xs, ys = [s for s, _ in pts], [x for _, x in pts]
             k = 25
             smooth = [statistics.fmean(ys[max(0, i - k + 1):i + 1]) for i in range(len(ys))]
             ax.plot(xs, smooth, linewidth=1.0, color=_color(r.variant), label=f"{r.variant}, seed {r.seed}")
-            vocab = r.choices.get("vocab_size")
-            chance = math.log(vocab) if vocab else chance
+            chance = _chance_loss(r) or chance
         if chance:
             ax.axhline(chance, color="grey", linestyle="--", linewidth=0.8, label="ln V")
         ax.axvline(warmup, color="grey", linestyle=":", linewidth=0.8)
@@ -923,7 +926,7 @@ def build_report(inputs: list[str | Path], out: str | Path, *, collect_dir: str 
     put_text("table2.md", table2(runs, notes, target_ppl),
              "needs LSTM runs with Bernoulli and row/tile dropout at the same size, rate and protocol "
              "(experiment=table2)")
-    put_text("learning.md", learning_table(runs, notes, learning_step),
+    put_text("learning.md", learning_table(runs, learning_step),
              "needs LSTM runs that kept every step's loss, Bernoulli and row/tile at the same size, rate and protocol "
              "(experiment=learning_lstm)")
     for name, draw in (("fig5.png", lambda p: fig5(runs, p, fig5_arch, notes)),

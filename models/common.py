@@ -100,6 +100,7 @@ class SkipsZeroGradientBlocks:
         # Lightning's weight-averaging callbacks (EMA, SWA) read every parameter straight from the
         # module after optimiser steps, past ardrop's read contract: with a `LazySGD` they would
         # average stale values. Then each step ends with the frames folded (torch SGD's cost).
+        super().on_fit_start()
         self._flush_after_step = any(isinstance(cb, (WeightAveraging, StochasticWeightAveraging))
                                      for cb in self.trainer.callbacks)
 

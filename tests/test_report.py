@@ -414,7 +414,7 @@ def test_learning_table_reads_real_runs(sweeps):
     from ardrop.report import find_summaries, learning_table
 
     runs, _ = find_summaries([sweeps["fig6"]])
-    md = learning_table(runs, [], step=2, warmup=0)
+    md = learning_table(runs, step=2, warmup=0)
     lstm = {d["choices"]["dropout"]: d for d in _summaries(sweeps["fig6"])}
     at2 = {k: next(p[2] for p in d["loss_curve"]["points"] if p[0] == 2) for k, d in lstm.items()}
     (row,) = _cells(md, "3x16")
