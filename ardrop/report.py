@@ -794,29 +794,44 @@ def learning_table(runs: list[Run], step: int = LEARNING_STEP, warmup: int = LEA
     return "\n".join(out)
 
 
-def learning_fig(runs: list[Run], path: Path, step: int = LEARNING_STEP, warmup: int = LEARNING_WARMUP) -> str | None:
-    """Training loss (running mean of 25 steps) against step, one panel per (size, rate), with ln V."""
-    panels = defaultdict(list)  # (protocol, arch, rate) -> [(run, its step losses)]
+def learning_panels(runs: list[Run]) -> dict[tuple, list[tuple[Run, dict]]]:
+    """The learning figure's panels: (protocol, arch, rate) -> [(run, its step losses)], Bernoulli and approximate.
+
+    The protocol is part of the key because a 1000-step run and a one-epoch run of the same size
+    and rate are different comparisons; each gets its own row of panels.
+    """
+    panels = defaultdict(list)
     for r in runs:
         losses = step_losses(r) if r.family == "lstm" and r.status in USABLE else None
         if losses:
             panels[(r.protocol, r.arch, r.rate_label)].append((r, losses))
-    panels = {k: rs for k, rs in panels.items() if any(r.kind == "bernoulli" for r, _ in rs) and len(rs) > 1}
+    return {k: rs for k, rs in panels.items() if any(r.kind == "bernoulli" for r, _ in rs) and len(rs) > 1}
+
+
+def learning_layout(panels: dict) -> dict[tuple, tuple[int, int]]:
+    """Each panel's (row, column): a row per (protocol, size), smaller sizes first; a column per rate."""
+    keys = sorted(panels, key=lambda k: (_arch_order(k[1]), k[0], k[2]))
+    rows = list(dict.fromkeys((k[0], k[1]) for k in keys))
+    rates = sorted({k[2] for k in keys})
+    return {k: (rows.index((k[0], k[1])), rates.index(k[2])) for k in keys}
+
+
+def learning_fig(runs: list[Run], path: Path, step: int = LEARNING_STEP, warmup: int = LEARNING_WARMUP) -> str | None:
+    """Training loss (running mean of 25 steps) against step: one row of panels per (protocol, size), one column per rate."""
+    panels = learning_panels(runs)
     if not panels:
         return ("needs LSTM runs that kept every step's loss (experiment=learning_lstm), Bernoulli and approximate "
                 "at the same size and rate")
-    keys = sorted(panels, key=lambda k: (k[0], _arch_order(k[1]), k[2]))
-    archs = sorted({k[1] for k in keys}, key=_arch_order)
-    rates = sorted({k[2] for k in keys})
+    where = learning_layout(panels)
+    n_rows, n_cols = (1 + max(rc[i] for rc in where.values()) for i in (0, 1))
     plt = _pyplot()
-    fig, axes = plt.subplots(len(archs), len(rates), figsize=(max(4.6 * len(rates), 7.0), 3.6 * len(archs) + 0.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(max(4.6 * n_cols, 7.0), 3.6 * n_rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.set_visible(False)
-    for key in keys:
-        ax = axes[archs.index(key[1])][rates.index(key[2])]
+    for key, (i, j) in where.items():
+        ax = axes[i][j]
         ax.set_visible(True)
-        chance = None
+        chance, last = None, 0
         for r, losses in sorted(panels[key], key=lambda rl: (_variant_order(rl[0].variant), str(rl[0].seed))):
             pts = sorted((s, x) for s, x in losses.items() if x is not None)
             xs, ys = [s for s, _ in pts], [x for _, x in pts]
@@ -824,11 +839,13 @@ def learning_fig(runs: list[Run], path: Path, step: int = LEARNING_STEP, warmup:
             smooth = [statistics.fmean(ys[max(0, i - k + 1):i + 1]) for i in range(len(ys))]
             ax.plot(xs, smooth, linewidth=1.0, color=_color(r.variant), label=f"{r.variant}, seed {r.seed}")
             chance = _chance_loss(r) or chance
+            last = max(last, xs[-1] if xs else 0)
         if chance:
             ax.axhline(chance, color="grey", linestyle="--", linewidth=0.8, label="ln V")
         ax.axvline(warmup, color="grey", linestyle=":", linewidth=0.8)
         ax.axvline(step, color="black", linestyle=":", linewidth=0.8)
-        ax.set(xlabel="step", ylabel="training loss (25-step mean)", title=f"LSTM {key[1]}, rate {key[2]}")
+        ax.set(xlabel="step", ylabel="training loss (25-step mean)",
+               title=f"LSTM {key[1]}, rate {key[2]} ({last} steps)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Training loss, approximate vs Bernoulli dropout, step for step", fontsize=10)

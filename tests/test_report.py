@@ -409,6 +409,29 @@ def test_learning_table_applies_issue_13s_criteria(sweeps, tmp_path):
     assert _cells((out / "learning.md").read_text(), "3x16")[0][-1] == "✗"
 
 
+def test_learning_figure_keeps_protocols_apart(sweeps, tmp_path):
+    """A 1000-step pair and a one-epoch pair of one size and rate are two comparisons: two panels, not one
+    panel with both Bernoulli curves drawn over each other."""
+    from ardrop.report import find_summaries, learning_fig, learning_layout, learning_panels
+
+    lstm = {d["choices"]["dropout"]: d for d in _summaries(sweeps["fig6"])}
+    base = {s: 9.0 - 2 * s / 1200 for s in range(1, 1201)}
+    src = tmp_path / "runs"
+    src.mkdir()
+    for proto, max_steps in (("a", -1), ("b", 1000)):
+        for kind in ("bernoulli", "row"):
+            doc = _learning_copy(lstm[kind], kind, f"{proto}{kind}", base, 400.0)
+            doc["config"]["trainer"]["max_steps"] = max_steps
+            (src / f"{proto}{kind}.json").write_text(json.dumps(doc))
+    runs, _ = find_summaries([src])
+    panels = learning_panels(runs)
+    assert len(panels) == 2 and len({k[0] for k in panels}) == 2
+    assert all(sorted(r.kind for r, _ in rs) == ["bernoulli", "row"] for rs in panels.values())
+    where = learning_layout(panels)
+    assert len(set(where.values())) == 2 and {j for _, j in where.values()} == {0}  # one rate: two rows
+    assert learning_fig(runs, tmp_path / "l.png") is None and (tmp_path / "l.png").read_bytes().startswith(PNG_MAGIC)
+
+
 def test_learning_table_reads_real_runs(sweeps):
     """The 2-step LSTM sweep (every step logged): the losses in the table are the runs' own."""
     from ardrop.report import find_summaries, learning_table
