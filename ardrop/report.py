@@ -412,12 +412,16 @@ def _protocol_line(cell_runs: list[Run]) -> str:
     bits = [f"max_epochs {tr.get('max_epochs')}", f"max_steps {tr.get('max_steps')}"]
     if tr.get("limit_train_batches") is not None:
         bits.append(f"limit_train_batches {tr.get('limit_train_batches')}")
-    bits.append(f"val_check_interval {tr.get('val_check_interval')}")
+    if tr.get("limit_val_batches") == 0:
+        bits.append("no validation (limit_val_batches 0)")
+    else:
+        bits.append(f"val_check_interval {tr.get('val_check_interval')}")
     bits.append(f"batch {data.get('batch_size')}" + (f" x {data.get('seq_len')} tokens" if data.get("seq_len") else ""))
     bits.append(f"{model.get('optimizer')} lr {model.get('lr')}, momentum {model.get('momentum')}, schedule "
                 f"{model.get('schedule')}, clip {tr.get('gradient_clip_val')}")
     bits.append(f"training steps per run: {', '.join(map(str, steps))}")
-    tested = sorted({str((r.doc.get("config") or {}).get("test_ckpt", "best")) for r in cell_runs})
+    tested = sorted({str(c.get("test_ckpt", "best")) if c.get("test", True) else "not tested"
+                     for c in ((r.doc.get("config") or {}) for r in cell_runs)})
     bits.append(f"tested checkpoint: {', '.join(tested)}")
     return "; ".join(bits)
 

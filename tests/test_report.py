@@ -458,3 +458,25 @@ def test_report_notes_a_run_collected_before_its_test(sweeps, tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(doc))
     res = build_report([tmp_path / "a.json"], tmp_path / "out")
     assert not any("not tested" in n for n in res["notes"])
+
+
+def test_protocol_line_says_when_runs_skipped_validation_or_test():
+    """A run with `test=false trainer.limit_val_batches=0` (the learning check's 1000-step part) is not described
+    as validated every half epoch and tested on its last weights."""
+    from pathlib import Path
+
+    from ardrop.report import Run, _protocol_line
+
+    def doc(**over):
+        cfg = {"trainer": {"max_epochs": 1, "max_steps": 1000, "val_check_interval": 0.5, "gradient_clip_val": 5.0},
+               "data": {"batch_size": 20, "seq_len": 35}, "model": {"optimizer": "lazy_sgd", "lr": 1.0},
+               "test": True, "test_ckpt": "last"}
+        for k, v in over.items():
+            (cfg["trainer"] if k == "limit_val_batches" else cfg)[k] = v
+        return {"config": cfg, "timing": {"steps": 1000}}
+
+    tested = _protocol_line([Run(Path("a"), doc())])
+    assert "val_check_interval 0.5" in tested and "tested checkpoint: last" in tested
+    bare = _protocol_line([Run(Path("b"), doc(test=False, limit_val_batches=0))])
+    assert "no validation" in bare and "val_check_interval" not in bare
+    assert "tested checkpoint: not tested" in bare and "last" not in bare
