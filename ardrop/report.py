@@ -46,6 +46,10 @@ from ardrop import paper_numbers as paper
 SUMMARY_FORMAT = "ardrop-run-summary"  # the "format" field of callbacks.RunSummary's files (same value there)
 SUMMARY_NAME = "summary.json"
 USABLE = ("tested", "fit")  # statuses whose numbers go into tables; "failed" runs are only listed
+# A run during whose training other work kept this many cores busy (``timing.other_cpu_cores``)
+# is named in the notes: a quarter of a core is ~12% of a 2-core machine, beyond the drift
+# between clean runs of one config here.
+BUSY_CORES = 0.25
 
 # What a sweep changes between the runs it compares: left out of the protocol fingerprint.
 _VOLATILE_TOP = ("seed", "rate", "output_dir", "data_dir", "ckpt_path", "test", "test_ckpt", "dropout", "search",
@@ -864,7 +868,7 @@ def learning_fig(runs: list[Run], path: Path, step: int = LEARNING_STEP, warmup:
 # --------------------------------------------------------------------------------------
 RUN_COLUMNS = ["file", "status", "protocol", "experiment", "family", "model", "arch", "variant", "rate", "seed",
                "steps", "train_time_s", "validation_s", "step_median_ms", "test_acc", "test_ppl", "test_loss",
-               "best_val", "cpu", "torch_threads", "git_commit", "error"]
+               "best_val", "cpu", "torch_threads", "other_cpu_cores", "git_commit", "error"]
 
 
 def runs_rows(runs: list[Run]) -> list[dict]:
@@ -881,7 +885,7 @@ def runs_rows(runs: list[Run]) -> list[dict]:
             "step_median_ms": None if t.get("step_median_s") is None else round(1e3 * t["step_median_s"], 3),
             "test_acc": r.final("test_acc"), "test_ppl": r.final("test_ppl"), "test_loss": r.final("test_loss"),
             "best_val": f"{best.get('metric')}={best.get('value')}" if best else "", "cpu": m.get("cpu"),
-            "torch_threads": m.get("torch_threads"), "git_commit": (m.get("git_commit") or "")[:10],
+            "torch_threads": m.get("torch_threads"), "other_cpu_cores": t.get("other_cpu_cores"), "git_commit": (m.get("git_commit") or "")[:10],
             "error": r.doc.get("error") or "",
         })
     return rows
@@ -927,6 +931,12 @@ def build_report(inputs: list[str | Path], out: str | Path, *, collect_dir: str 
     for r in failed:
         notes.append(f"{r.path}: status {r.status} ({r.doc.get('error') or 'no error recorded'}); left out of tables")
     for r in runs:
+        cores = (r.doc.get("timing") or {}).get("other_cpu_cores")
+        if cores is not None and cores >= BUSY_CORES:
+            of = (r.doc.get("machine") or {}).get("affinity")
+            notes.append(f"{r.path}: other work kept {cores:.2f} CPU cores busy while it trained"
+                         + (f" (of {of})" if of else "") + "; its training time and the speedups it enters are "
+                         "not clean speed evidence")
         if r.status == "fit" and (r.doc.get("config") or {}).get("test", True):
             notes.append(f"{r.path}: trained but not tested yet (a run still testing, or one stopped during its "
                          "test); its test columns are empty until the run writes its summary again")

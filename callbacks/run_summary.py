@@ -16,6 +16,12 @@ and any checkpoint written on a training-step cadence. Test runs after ``on_trai
 never counts. The curve points' ``train_time_s`` is this clock at the start of each
 validation, so curves of different runs share one time axis.
 
+While training runs it also measures how many CPU cores *other* work kept busy
+(``timing.other_cpu_cores``: the machine's busy time from ``/proc/stat`` minus this process's
+own CPU time, over the wall time from ``on_train_start`` to ``on_train_end``). A speedup
+measured while another job shared the cores is not speed evidence, and the report says so;
+``None`` where ``/proc/stat`` cannot be read. Data-loader worker processes count as other work.
+
 The file is (re)written atomically after fit (``status: "fit"``), after each test
 (``"tested"``) and when the run raises (``"failed"``, with the error), on global rank 0 only.
 The timing state also goes into checkpoints, so a resumed run continues its clock and curves.
@@ -99,6 +105,7 @@ class RunSummary(pl.Callback):
         self._step_t0: float | None = None
         self.steps = 0
         self.resumed_from_step: int | None = None
+        self._load = CpuShare()
 
     # -- configuration ----------------------------------------------------------------
     def attach_config(self, cfg) -> None:
@@ -141,8 +148,10 @@ class RunSummary(pl.Callback):
             self._restored_val_s = restored["validation_s"]
             self.resumed_from_step = trainer.global_step
             self._train_t0 = time.perf_counter() - restored["train_time_s"]
+            self._load.restore(restored.get("other_cpu"))
         else:
             self._train_t0 = time.perf_counter()
+        self._load.start()
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._close_validation()
@@ -188,6 +197,7 @@ class RunSummary(pl.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self._close_validation()
+        self._load.stop()
         self.train_time_s = self._train_time(time.perf_counter())
         self.steps = trainer.global_step
         self._training = False
@@ -206,6 +216,7 @@ class RunSummary(pl.Callback):
     def on_exception(self, trainer, pl_module, exception):
         if self._training:
             self._close_validation()
+            self._load.stop()
             self.train_time_s = self._train_time(time.perf_counter())
             self.steps = trainer.global_step
             self._training = False
@@ -225,6 +236,7 @@ class RunSummary(pl.Callback):
             "loss_stride": self._loss_stride,
             "loss_seen": self._loss_seen,
             "step_times": list(self.step_times),
+            "other_cpu": self._load.state(),
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -268,6 +280,7 @@ class RunSummary(pl.Callback):
                 "timed_steps": len(timed),
                 "step_median_s": round(statistics.median(timed), 6) if timed else None,
                 "step_mean_s": round(statistics.fmean(timed), 6) if timed else None,
+                "other_cpu_cores": self._load.cores(),
             },
             "curve": self.curve,
             "loss_curve": {"columns": ["step", "train_time_s", "loss"], "every_n_log_steps": self._loss_stride,
@@ -389,6 +402,73 @@ def _hydra_info(output_dir) -> dict | None:
         }
     except Exception:  # noqa: BLE001 - Hydra's internals: the summary is still useful without them
         return None
+
+
+def _cpu_clock() -> tuple[float, float] | None:
+    """(seconds the machine's CPUs were busy since boot, seconds this process ran on a CPU), or None.
+
+    Busy is every ``/proc/stat`` column but idle and iowait (user, nice, system, irq, softirq,
+    steal: steal is a hypervisor's other guests, which slow this run as much as a local job).
+    """
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+        ticks = [int(x) for x in fields[1:9]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not fields or fields[0] != "cpu" or len(ticks) < 5 or hz <= 0:
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz, time.process_time()
+
+
+class CpuShare:
+    """Cores kept busy by other work while a run trained, summed over start/stop windows."""
+
+    def __init__(self, clock=_cpu_clock, wall=time.perf_counter):
+        self._clock, self._wall = clock, wall
+        self.other_s = 0.0  # CPU seconds of other work
+        self.wall_s = 0.0
+        self._t0: tuple[float, float, float] | None = None
+        self.available = True
+
+    def start(self) -> None:
+        at = self._clock()
+        self.available = self.available and at is not None
+        self._t0 = (*at, self._wall()) if at is not None else None
+
+    def stop(self) -> None:
+        if self._t0 is None:
+            return
+        at, now = self._clock(), self._wall()
+        if at is None:
+            self.available, self._t0 = False, None
+            return
+        busy0, own0, wall0 = self._t0
+        # Clock ticks are 10 ms: a short window can read less machine time than own time.
+        self.other_s += max(0.0, (at[0] - busy0) - (at[1] - own0))
+        self.wall_s += now - wall0
+        self._t0 = None
+
+    def state(self) -> dict:
+        """The totals including a window still open (what a checkpoint keeps)."""
+        other_s, wall_s = self.other_s, self.wall_s
+        if self._t0 is not None:
+            at = self._clock()
+            if at is not None:
+                other_s += max(0.0, (at[0] - self._t0[0]) - (at[1] - self._t0[1]))
+                wall_s += self._wall() - self._t0[2]
+        return {"other_s": other_s, "wall_s": wall_s, "available": self.available}
+
+    def restore(self, state: dict | None) -> None:
+        if state:  # checkpoints from before this field have none: the resumed part alone is measured
+            self.other_s, self.wall_s = float(state["other_s"]), float(state["wall_s"])
+            self.available = bool(state["available"])
+
+    def cores(self) -> float | None:
+        if not self.available or self.wall_s <= 0:
+            return None
+        return round(self.other_s / self.wall_s, 3)
 
 
 def _cpu_model() -> str | None:

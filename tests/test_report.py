@@ -149,6 +149,58 @@ def test_train_time_excludes_validation(synth_data, tmp_path):
         assert (i + 1) * train_sleep <= point["train_time_s"] <= seen_outside - i * per_val + 0.05
 
 
+class SpinnerCallback(pl.Callback):
+    """Runs a busy-looping process beside training (another job on the machine) while the
+    training process itself mostly sleeps."""
+
+    def __init__(self, train_sleep: float):
+        self.train_sleep, self.proc = train_sleep, None
+
+    def on_train_start(self, trainer, pl_module):
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(self.train_sleep)
+
+    def on_train_end(self, trainer, pl_module):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def test_cpu_share_counts_other_work_only():
+    from callbacks.run_summary import CpuShare
+
+    ticks = iter([(100.0, 10.0), (103.0, 11.5), (110.0, 12.0), (112.5, 12.5)])
+    walls = iter([0.0, 2.0, 5.0, 7.0])
+    share = CpuShare(clock=lambda: next(ticks), wall=lambda: next(walls))
+    share.start()
+    share.stop()  # 3 s of machine time, 1.5 of them ours, over 2 s of wall time
+    assert share.cores() == 0.75
+    resumed = CpuShare(clock=lambda: next(ticks), wall=lambda: next(walls))
+    resumed.restore(share.state())  # a checkpoint's totals carry over
+    resumed.start()
+    resumed.stop()  # 2.5 - 0.5 = 2 s more over 2 s
+    assert resumed.cores() == round((1.5 + 2.0) / 4.0, 3)
+    blind = CpuShare(clock=lambda: None)
+    blind.start()
+    blind.stop()
+    assert blind.cores() is None  # no /proc/stat: unknown, not zero
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_summary_names_a_run_that_shared_the_cpus(synth_data, tmp_path):
+    cfg = compose_cfg(small_overrides(synth_data, tmp_path / "o") + [
+        "logger=none", "trainer.limit_train_batches=4", "data.val_size=100", "test=false", "search=maxent",
+        "+callbacks.spin._target_=test_report.SpinnerCallback", "+callbacks.spin.train_sleep=0.3"])
+    run(cfg)
+    d = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert d["timing"]["other_cpu_cores"] >= 0.5  # the spinner held about one core
+    res = build_report([tmp_path / "o"], tmp_path / "rep")
+    assert any("CPU cores busy while it trained" in n for n in res["notes"])
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "runs.csv")))
+    assert float(rows[0]["other_cpu_cores"]) == d["timing"]["other_cpu_cores"]
+
+
 class StopAfterFirstEpoch(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         trainer.should_stop = True
