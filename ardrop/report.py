@@ -746,6 +746,41 @@ def _chance_loss(r: Run) -> float | None:
     return math.log(vocab) if vocab else None
 
 
+def _learning_row(c, v, p, i, of, step, warmup, window, all_runs) -> list[list[str]]:
+    """The learning table's row for one pair (empty when a curve lacks single-step losses)."""
+    lb, la = step_losses(p.base), step_losses(p.approx)
+    if lb is None or la is None:
+        return []
+    all_runs += [p.base, p.approx]
+    seed = str(p.approx.seed)
+    if of > 1:
+        seed += f" (run {i + 1} of {of}, {str(p.approx.doc.get('started_at'))[:10]})"
+    chance = _chance_loss(p.approx)
+    after = [x for s, x in la.items() if warmup < s <= step]
+    worst = None if not after else (math.inf if any(x is None for x in after) else max(after))
+    at_b, at_a = lb.get(step), la.get(step)
+    ratio = None if at_b is None or at_a is None else at_a / at_b
+    win_b = [lb.get(s) for s in range(step - window + 1, step + 1)]
+    win_a = [la.get(s) for s in range(step - window + 1, step + 1)]
+    mb = statistics.fmean(win_b) if None not in win_b else None
+    ma = statistics.fmean(win_a) if None not in win_a else None
+    wratio = None if mb is None or ma is None else ma / mb
+    vb, va = _last_val(p.base, "val_ppl"), _last_val(p.approx, "val_ppl")
+    epoch = _full_epoch(p.base) and _full_epoch(p.approx) and vb is not None and va is not None
+    vratio = va / vb if epoch else None
+    checks = [worst is not None and chance is not None and worst < chance,
+              ratio is not None and ratio <= 1 + LEARNING_LOSS_TOL]
+    if epoch:
+        checks.append(vratio <= 1 + LEARNING_PPL_TOL)
+    short = max(la, default=0) < step
+    verdict = f"too short ({max(la, default=0)} steps)" if short else ("✓" if all(checks) else "✗")
+    return [[c.arch, c.rate_label, v, seed, fmt_num(worst, 2), fmt_num(chance, 2),
+             fmt_num(at_b, 3), fmt_num(at_a, 3), fmt_num(ratio, 3),
+             fmt_num(mb, 3), fmt_num(ma, 3), fmt_num(wratio, 3),
+             fmt_num(vb, 1) if epoch else "—", fmt_num(va, 1) if epoch else "—",
+             fmt_num(vratio, 3), verdict]]
+
+
 def learning_table(runs: list[Run], step: int = LEARNING_STEP, warmup: int = LEARNING_WARMUP) -> str | None:
     """Issue 13's LSTM criteria per (approximate, Bernoulli) pair of the same protocol, size, rate and seed."""
     cells = [c for c in build_cells(runs, "lstm", []) if "bernoulli" in c.runs and c.approx_variants()]
@@ -753,35 +788,19 @@ def learning_table(runs: list[Run], step: int = LEARNING_STEP, warmup: int = LEA
     window = min(LEARNING_WINDOW, step)
     for c in cells:
         for v in c.approx_variants():
+            # Every run of a repeated (variant, seed), not only the latest: a spike in one
+            # realisation must stay visible beside a rerun that did not spike.
+            repeats = defaultdict(list)
+            for r in runs:
+                if (r.family == "lstm" and r.status in USABLE and r.variant == v
+                        and (r.protocol, r.arch, r.rate) == (c.protocol, c.arch, c.rate)):
+                    repeats[r.seed].append(r)
             for p in c.pairs(v):
-                lb, la = step_losses(p.base), step_losses(p.approx)
-                if lb is None or la is None:
-                    continue
-                all_runs += [p.base, p.approx]
-                chance = _chance_loss(p.approx)
-                after = [x for s, x in la.items() if warmup < s <= step]
-                worst = None if not after else (math.inf if any(x is None for x in after) else max(after))
-                at_b, at_a = lb.get(step), la.get(step)
-                ratio = None if at_b is None or at_a is None else at_a / at_b
-                win_b = [lb.get(s) for s in range(step - window + 1, step + 1)]
-                win_a = [la.get(s) for s in range(step - window + 1, step + 1)]
-                mb = statistics.fmean(win_b) if None not in win_b else None
-                ma = statistics.fmean(win_a) if None not in win_a else None
-                wratio = None if mb is None or ma is None else ma / mb
-                vb, va = _last_val(p.base, "val_ppl"), _last_val(p.approx, "val_ppl")
-                epoch = _full_epoch(p.base) and _full_epoch(p.approx) and vb is not None and va is not None
-                vratio = va / vb if epoch else None
-                checks = [worst is not None and chance is not None and worst < chance,
-                          ratio is not None and ratio <= 1 + LEARNING_LOSS_TOL]
-                if epoch:
-                    checks.append(vratio <= 1 + LEARNING_PPL_TOL)
-                short = max(la, default=0) < step
-                verdict = f"too short ({max(la, default=0)} steps)" if short else ("✓" if all(checks) else "✗")
-                rows.append([c.arch, c.rate_label, v, str(p.approx.seed), fmt_num(worst, 2), fmt_num(chance, 2),
-                             fmt_num(at_b, 3), fmt_num(at_a, 3), fmt_num(ratio, 3),
-                             fmt_num(mb, 3), fmt_num(ma, 3), fmt_num(wratio, 3),
-                             fmt_num(vb, 1) if epoch else "—", fmt_num(va, 1) if epoch else "—",
-                             fmt_num(vratio, 3), verdict])
+                for i, approx in enumerate(sorted(repeats[p.approx.seed], key=lambda r: str(r.doc.get("started_at")))):
+                    rows += _learning_row(c, v, Pair(p.base, approx), i, len(repeats[p.approx.seed]), step, warmup,
+                                          window, all_runs)
+    if not rows:
+        return None
     if not rows:
         return None
     out = ["# Learning check (issue 13): approximate vs Bernoulli dropout, step for step", "",
@@ -792,7 +811,9 @@ def learning_table(runs: list[Run], step: int = LEARNING_STEP, warmup: int = LEA
            f"every step after step {warmup} up to step {step}; its loss at step {step} is at most "
            f"{100 * LEARNING_LOSS_TOL:g}% above Bernoulli's at that step; for runs of one full epoch, its validation "
            f"perplexity at the end of the epoch is at most {100 * LEARNING_PPL_TOL:g}% above Bernoulli's. The mean "
-           f"of steps {step - window + 1}-{step} is shown beside the single step, which one batch can move.", "",
+           f"of steps {step - window + 1}-{step} is shown beside the single step, which one batch can move. A run "
+           "repeated with the same seed and config is listed every time it ran (tiny float differences between "
+           "hosts grow over a run), so a spike in one run stays beside a rerun that had none.", "",
            f"Machine: {_machines(all_runs)}.", ""]
     header = ["layers x units", "rate", "kind", "seed", f"max loss, steps {warmup + 1}-{step}", "ln V",
               f"Bernoulli loss @{step}", f"approx loss @{step}", "loss ratio",

@@ -455,6 +455,15 @@ def test_learning_table_applies_issue_13s_criteria(sweeps, tmp_path):
     assert float(r_row[14]) == pytest.approx(430 / 400, abs=6e-4)
     assert r_row[-1] == "✓"
     assert float(r_tile[4]) == pytest.approx(9.3, abs=0.006) and r_tile[-1] == "✗"
+    # a rerun of the spiking tile run without the spike is listed beside it, not in its place
+    rerun = _learning_copy(lstm["row"], "tile", "t0b", {s: x + 0.1 for s, x in base.items()}, 410.0)
+    rerun["started_at"] = "2999-01-01T00:00:00+0000"
+    (src / "t_rerun.json").write_text(json.dumps(rerun))
+    build_report([src], out)
+    tiles = [r for r in _cells((out / "learning.md").read_text(), "3x16") if r[2] == "tile"]
+    assert [(r[3].split(" (")[0], r[-1]) for r in tiles] == [("0", "✗"), ("0", "✓")]
+    assert "run 2 of 2, 2999-01-01" in tiles[1][3]
+    (src / "t_rerun.json").unlink()
     # the same row with a one-epoch perplexity 12% above Bernoulli's fails on that criterion alone
     (src / "r.json").write_text(json.dumps(_learning_copy(lstm["row"], "row", "r0", row, 448.0)))
     build_report([src], out)
