@@ -746,15 +746,21 @@ def _chance_loss(r: Run) -> float | None:
     return math.log(vocab) if vocab else None
 
 
-def _learning_row(c, v, p, i, of, step, warmup, window, all_runs) -> list[list[str]]:
-    """The learning table's row for one pair (empty when a curve lacks single-step losses)."""
+@dataclass(frozen=True)
+class LearningCriteria:
+    """Where issue 13's criteria read the curves: the comparison step, the warm-up, the mean's window."""
+
+    step: int
+    warmup: int
+    window: int
+
+
+def _learning_row(c, v, p: Pair, seed: str, crit: LearningCriteria) -> list[str] | None:
+    """The learning table's row for one pair (None when a curve lacks single-step losses)."""
     lb, la = step_losses(p.base), step_losses(p.approx)
     if lb is None or la is None:
-        return []
-    all_runs += [p.base, p.approx]
-    seed = str(p.approx.seed)
-    if of > 1:
-        seed += f" (run {i + 1} of {of}, {str(p.approx.doc.get('started_at'))[:10]})"
+        return None
+    step, warmup, window = crit.step, crit.warmup, crit.window
     chance = _chance_loss(p.approx)
     after = [x for s, x in la.items() if warmup < s <= step]
     worst = None if not after else (math.inf if any(x is None for x in after) else max(after))
@@ -774,11 +780,11 @@ def _learning_row(c, v, p, i, of, step, warmup, window, all_runs) -> list[list[s
         checks.append(vratio <= 1 + LEARNING_PPL_TOL)
     short = max(la, default=0) < step
     verdict = f"too short ({max(la, default=0)} steps)" if short else ("✓" if all(checks) else "✗")
-    return [[c.arch, c.rate_label, v, seed, fmt_num(worst, 2), fmt_num(chance, 2),
-             fmt_num(at_b, 3), fmt_num(at_a, 3), fmt_num(ratio, 3),
-             fmt_num(mb, 3), fmt_num(ma, 3), fmt_num(wratio, 3),
-             fmt_num(vb, 1) if epoch else "—", fmt_num(va, 1) if epoch else "—",
-             fmt_num(vratio, 3), verdict]]
+    return [c.arch, c.rate_label, v, seed, fmt_num(worst, 2), fmt_num(chance, 2),
+            fmt_num(at_b, 3), fmt_num(at_a, 3), fmt_num(ratio, 3),
+            fmt_num(mb, 3), fmt_num(ma, 3), fmt_num(wratio, 3),
+            fmt_num(vb, 1) if epoch else "—", fmt_num(va, 1) if epoch else "—",
+            fmt_num(vratio, 3), verdict]
 
 
 def learning_table(runs: list[Run], step: int = LEARNING_STEP, warmup: int = LEARNING_WARMUP) -> str | None:
@@ -786,6 +792,7 @@ def learning_table(runs: list[Run], step: int = LEARNING_STEP, warmup: int = LEA
     cells = [c for c in build_cells(runs, "lstm", []) if "bernoulli" in c.runs and c.approx_variants()]
     rows, all_runs = [], []
     window = min(LEARNING_WINDOW, step)
+    crit = LearningCriteria(step, warmup, window)
     for c in cells:
         for v in c.approx_variants():
             # Every run of a repeated (variant, seed), not only the latest: a spike in one
@@ -796,11 +803,15 @@ def learning_table(runs: list[Run], step: int = LEARNING_STEP, warmup: int = LEA
                         and (r.protocol, r.arch, r.rate) == (c.protocol, c.arch, c.rate)):
                     repeats[r.seed].append(r)
             for p in c.pairs(v):
-                for i, approx in enumerate(sorted(repeats[p.approx.seed], key=lambda r: str(r.doc.get("started_at")))):
-                    rows += _learning_row(c, v, Pair(p.base, approx), i, len(repeats[p.approx.seed]), step, warmup,
-                                          window, all_runs)
-    if not rows:
-        return None
+                runs_of_seed = sorted(repeats[p.approx.seed], key=lambda r: str(r.doc.get("started_at")))
+                for i, approx in enumerate(runs_of_seed):
+                    seed = str(approx.seed)
+                    if len(runs_of_seed) > 1:
+                        seed += f" (run {i + 1} of {len(runs_of_seed)}, {str(approx.doc.get('started_at'))[:10]})"
+                    row = _learning_row(c, v, Pair(p.base, approx), seed, crit)
+                    if row is not None:
+                        rows.append(row)
+                        all_runs += [p.base, approx]
     if not rows:
         return None
     out = ["# Learning check (issue 13): approximate vs Bernoulli dropout, step for step", "",
