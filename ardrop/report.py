@@ -917,7 +917,8 @@ def runs_rows(runs: list[Run]) -> list[dict]:
             "step_median_ms": None if t.get("step_median_s") is None else round(1e3 * t["step_median_s"], 3),
             "test_acc": r.final("test_acc"), "test_ppl": r.final("test_ppl"), "test_loss": r.final("test_loss"),
             "best_val": f"{best.get('metric')}={best.get('value')}" if best else "", "cpu": m.get("cpu"),
-            "torch_threads": m.get("torch_threads"), "other_cpu_cores": t.get("other_cpu_cores"), "git_commit": (m.get("git_commit") or "")[:10],
+            "torch_threads": m.get("torch_threads"), "other_cpu_cores": t.get("other_cpu_cores"),
+            "git_commit": (m.get("git_commit") or "")[:10],
             "error": r.doc.get("error") or "",
         })
     return rows

@@ -444,11 +444,16 @@ class CpuShare:
         if at is None:
             self.available, self._t0 = False, None
             return
+        other_s, wall_s = self._window(at, now)
+        self.other_s += other_s
+        self.wall_s += wall_s
+        self._t0 = None
+
+    def _window(self, at: tuple[float, float], now: float) -> tuple[float, float]:
+        """(other work's CPU seconds, wall seconds) of the open window up to ``at`` / ``now``."""
         busy0, own0, wall0 = self._t0
         # Clock ticks are 10 ms: a short window can read less machine time than own time.
-        self.other_s += max(0.0, (at[0] - busy0) - (at[1] - own0))
-        self.wall_s += now - wall0
-        self._t0 = None
+        return max(0.0, (at[0] - busy0) - (at[1] - own0)), now - wall0
 
     def state(self) -> dict:
         """The totals including a window still open (what a checkpoint keeps)."""
@@ -456,8 +461,8 @@ class CpuShare:
         if self._t0 is not None:
             at = self._clock()
             if at is not None:
-                other_s += max(0.0, (at[0] - self._t0[0]) - (at[1] - self._t0[1]))
-                wall_s += self._wall() - self._t0[2]
+                more_other, more_wall = self._window(at, self._wall())
+                other_s, wall_s = other_s + more_other, wall_s + more_wall
         return {"other_s": other_s, "wall_s": wall_s, "available": self.available}
 
     def restore(self, state: dict | None) -> None:
