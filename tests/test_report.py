@@ -526,7 +526,7 @@ def test_protocol_line_says_when_runs_skipped_validation_or_test():
     as validated every half epoch and tested on its last weights."""
     from pathlib import Path
 
-    from ardrop.report import Run, _protocol_line
+    from ardrop.report import Run, protocol_line
 
     def doc(**over):
         cfg = {"trainer": {"max_epochs": 1, "max_steps": 1000, "val_check_interval": 0.5, "gradient_clip_val": 5.0},
@@ -536,8 +536,8 @@ def test_protocol_line_says_when_runs_skipped_validation_or_test():
             (cfg["trainer"] if k == "limit_val_batches" else cfg)[k] = v
         return {"config": cfg, "timing": {"steps": 1000}}
 
-    tested = _protocol_line([Run(Path("a"), doc())])
+    tested = protocol_line([Run(Path("a"), doc())])
     assert "val_check_interval 0.5" in tested and "tested checkpoint: last" in tested
-    bare = _protocol_line([Run(Path("b"), doc(test=False, limit_val_batches=0))])
+    bare = protocol_line([Run(Path("b"), doc(test=False, limit_val_batches=0))])
     assert "no validation" in bare and "val_check_interval" not in bare
     assert "tested checkpoint: not tested" in bare and "last" not in bare

@@ -1,0 +1,182 @@
+"""Fig. 5 (speedup and accuracy against rate), Fig. 6 (validation perplexity against wall time), P(dp) bars.
+
+matplotlib is imported only when a figure is drawn, so reading and tabulating runs needs
+nothing beyond the standard library.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from ardrop import paper_numbers as paper
+
+from .compare import Cell, build_cells, mean_std, variant_order
+from .runs import USABLE, Run
+
+
+_COLORS = {"bernoulli": "tab:blue", "row": "tab:red", "tile": "tab:green"}
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on the machines that build reports
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def kind_color(variant: str, i: int = 0) -> str:
+    """Bernoulli blue, row red, tile green in every figure; other variants by their index."""
+    return _COLORS.get(variant, f"C{3 + i}")
+
+
+def fig5(runs: list[Run], path: Path, arch: str, notes: list[str]) -> str | None:
+    """Speedup and test accuracy against rate for one MLP size; None (and the reason) when runs are missing."""
+    cells = [c for c in build_cells(runs, "mlp", []) if c.arch == arch and isinstance(c.rate, float)
+             and "bernoulli" in c.runs and c.approx_variants()]
+    by_protocol = defaultdict(list)
+    for c in cells:
+        by_protocol[c.protocol].append(c)
+    usable = {p: cs for p, cs in by_protocol.items() if len(cs) >= 2}
+    if not usable:
+        have = sorted({r.rate_label for r in runs if r.family == "mlp" and r.arch == arch})
+        return (f"needs Bernoulli and approximate runs of the {arch} MLP at two or more rates under one "
+                f"protocol; found rates {have or 'none'} for {arch}")
+    protocol = max(usable, key=lambda p: (len(usable[p]), p))
+    if len(usable) > 1:
+        notes.append(f"fig5.png: protocol {protocol} drawn (most rates); also available: "
+                     f"{', '.join(sorted(set(usable) - {protocol}))}")
+    cs = sorted(usable[protocol], key=lambda c: c.rate)
+    variants = _fig5_variants(cs, notes)
+    plt = pyplot()
+    fig, (ax_s, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
+    for v in variants:
+        kind = v.split(" ")[0]
+        xs, ms, ss = [], [], []
+        for c in cs:
+            m, s, _ = mean_std([p.speedup() for p in c.pairs(v)])
+            if m is not None:
+                xs.append(c.rate), ms.append(m), ss.append(s or 0.0)
+        ax_s.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, color=kind_color(kind), label=f"{v} (ours)")
+        pp = sorted((r, val[2]) for (a, r, k), val in paper.TABLE1.items() if a == arch and k == kind)
+        if pp:
+            ax_s.plot(*zip(*pp), linestyle="none", marker="s", mfc="none", color=kind_color(kind), label=f"{kind} (paper)")
+    ax_s.axhline(1.0, color="grey", linewidth=0.8)
+    ax_s.set(xlabel="drop rate", ylabel="training-time speedup vs Bernoulli", title=f"{arch}: speedup")
+    for v in ["bernoulli", *variants]:
+        kind = v.split(" ")[0]
+        xs, ms, ss = [], [], []
+        for c in cs:
+            m, s, _ = mean_std([r.final("test_acc") for r in c.runs.get(v, {}).values()])
+            if m is not None:
+                xs.append(c.rate), ms.append(100 * m), ss.append(100 * (s or 0.0))
+        ax_a.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, color=kind_color(kind), label=f"{v} (ours)")
+        # the paper's Bernoulli accuracy differs per row of its table; its approximate rows are drawn once per kind
+        pp = sorted((r, val[1]) for (a, r, k), val in paper.TABLE1.items() if a == arch and k == kind)
+        if pp:
+            ax_a.plot(*zip(*pp), linestyle="none", marker="s", mfc="none", color=kind_color(kind), label=f"{kind} (paper)")
+    ax_a.set(xlabel="drop rate", ylabel="test accuracy %", title=f"{arch}: accuracy")
+    for ax in (ax_s, ax_a):
+        ax.grid(alpha=0.3)
+    # one legend under both panels (the accuracy panel has every entry): inside, it covered points
+    handles, labels = ax_a.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.suptitle(f"Fig. 5 — MNIST MLP {arch}, protocol {protocol}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07 + 0.025 * math.ceil(len(labels) / 3), 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def _fig5_variants(cells: list[Cell], notes: list[str]) -> list[str]:
+    """One approximate variant per kind: the one measured at the most rates (then the most pairs, then the newest).
+
+    Why: a results folder keeps superseded variants (other groups, N or search) for the
+    record; drawn together they hide the curve a reader wants, the one the tables lead with.
+    """
+    by_kind = defaultdict(list)
+    for v in {v for c in cells for v in c.approx_variants()}:
+        by_kind[v.split(" ")[0]].append(v)
+    chosen = []
+    for kind in sorted(by_kind, key=variant_order):
+        def score(v):
+            pairs = [p for c in cells for p in c.pairs(v)]
+            rates = sum(1 for c in cells if c.pairs(v))
+            newest = max((str(p.approx.doc.get("written_at", "")) for p in pairs), default="")
+            return rates, len(pairs), newest, v
+        ranked = sorted(by_kind[kind], key=score, reverse=True)
+        chosen.append(ranked[0])
+        if len(ranked) > 1:
+            notes.append(f"fig5.png: {ranked[0]} drawn for {kind} (most rates); left out: {', '.join(ranked[1:])}")
+    return chosen
+
+
+def fig6(runs: list[Run], path: Path, rate: float, notes: list[str]) -> str | None:
+    """Validation perplexity against training wall time, approximate vs Bernoulli, for one LSTM at one rate."""
+    cands = [r for r in runs if r.family == "lstm" and r.status in USABLE and r.rate == rate
+             and len(r.curve("val_ppl")) >= 2]
+    groups = defaultdict(list)
+    for r in cands:
+        groups[(r.protocol, r.arch)].append(r)
+    usable = {k: rs for k, rs in groups.items()
+              if any(r.kind == "bernoulli" for r in rs) and any(r.kind in ("row", "tile") for r in rs)}
+    if not usable:
+        return (f"needs LSTM runs at rate {rate:g}, Bernoulli and approximate, each validated at least twice "
+                f"during training (experiment=fig6); found {len(cands)} LSTM run(s) at that rate with curves")
+    # The paper's Fig. 6 is the 3-layer LSTM: prefer it, then the group with most runs, then the most validations.
+    key = max(usable, key=lambda k: (k[1].startswith("3x"), len(usable[k]),
+                                     min(len(r.curve("val_ppl")) for r in usable[k]), k))
+    if len(usable) > 1:
+        notes.append(f"fig6.png: {key[1]} ({key[0]}) drawn; also available: "
+                     f"{', '.join(f'{a} ({p})' for p, a in sorted(set(usable) - {key}))}")
+    rs = sorted(usable[key], key=lambda r: (variant_order(r.variant), str(r.seed)))
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    variants = []
+    for r in rs:
+        if r.variant not in variants:
+            variants.append(r.variant)
+        i = variants.index(r.variant)
+        t, v = zip(*r.curve("val_ppl"))
+        ax.plot(t, v, marker="o", markersize=3, color=kind_color(r.variant, i), label=f"{r.variant}, seed {r.seed}")
+    ax.set(xlabel="training wall time (s, validation excluded)", ylabel="validation perplexity",
+           title=f"Fig. 6 — LSTM {key[1]}, rate {rate:g}, protocol {key[0]}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def patterns_fig(runs: list[Run], path: Path) -> str | None:
+    """The searched distributions P(dp), one panel per kind, grouped bars per rate."""
+    dists: dict[str, dict[tuple, list[float]]] = defaultdict(dict)
+    for r in runs:
+        for site in r.doc.get("patterns") or []:
+            if site.get("probs"):
+                key = (site["rate"], site.get("method"), site["N"])
+                dists[site["kind"]].setdefault(key, site["probs"])
+    if not dists:
+        return "needs runs with row or tile dropout (their summaries hold the searched distributions)"
+    plt = pyplot()
+    kinds = sorted(dists, key=variant_order)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        items = sorted(dists[kind].items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2]))
+        width = 0.8 / len(items)
+        for j, ((rate, method, n), probs) in enumerate(items):
+            xs = [k + 1 + (j - (len(items) - 1) / 2) * width for k in range(len(probs))]
+            achieved = sum(p * (k / (k + 1)) for k, p in enumerate(probs))
+            ax.bar(xs, probs, width=width, label=f"rate {rate:g} ({method}, N={n}, achieved {achieved:.3f})")
+        n_max = max(k[2] for k in dists[kind])
+        ax.set_xticks(range(1, n_max + 1))
+        ax.set(xlabel="pattern size dp (keeps 1 in dp)", ylabel="P(dp)", title=f"{kind} patterns: searched distribution")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None

@@ -1,0 +1,114 @@
+"""Table 1 (MNIST MLPs) and Table 2 (PTB LSTMs) in the paper's layout, our runs beside the paper's numbers."""
+from __future__ import annotations
+
+import re
+
+from ardrop import paper_numbers as paper
+
+from .compare import build_cells, mean_std
+from .markdown import fmt_ms, fmt_num, machines_line, md_table, protocol_line
+from .runs import Run
+
+
+_DEFINITIONS = (
+    "Mean ± sample std over seeds, n = runs (or pairs). Speedup: Bernoulli training wall time / approximate "
+    "training wall time for the same seed (validation, sanity check and test excluded), mean over seeds; step x: "
+    "the same ratio of median step times. At equal time: validation {metric} of the approximate run minus the "
+    "Bernoulli run's, both interpolated at the shorter run's training time. Time-to-target x: Bernoulli time / "
+    "approximate time to reach {target} on the validation curve."
+)
+
+
+def _pair_columns(pairs, metric: str, higher_is_better: bool, target, equal_time_scale: float = 1.0) -> list[str]:
+    """The four per-seed pair columns both tables share: speedup, step x, Δ at equal time, time-to-target x."""
+    return [
+        fmt_ms(*mean_std([p.speedup() for p in pairs]), prefix="x"),
+        fmt_ms(*mean_std([p.step_speedup() for p in pairs]), prefix="x"),
+        fmt_ms(*mean_std([p.at_equal_time(metric) for p in pairs]), scale=equal_time_scale, sign=True),
+        fmt_ms(*mean_std([p.time_to_target_ratio(metric, higher_is_better, target) for p in pairs]), prefix="x"),
+    ]
+
+
+def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -> str | None:
+    cells = [c for c in build_cells(runs, "mlp", notes) if "bernoulli" in c.runs and c.approx_variants()]
+    if not cells:
+        return None
+    target = (f"{100 * target_acc:.2f}% accuracy" if target_acc is not None
+              else "the lower of the two runs' best validation accuracies")
+    out = ["# Table 1: MNIST MLPs, approximate vs Bernoulli dropout", "",
+           "Our runs (test accuracy as each run tested it: the best-validation checkpoint under the default "
+           "`test_ckpt=best`, the last weights under `test_ckpt=last`; each protocol line says which) next to the "
+           "paper's Table 1 (Caffe, GPU, "
+           "60K iterations; each paper row has its own Bernoulli run).", "",
+           _DEFINITIONS.format(metric="accuracy (pp)", target=target), ""]
+    header = ["rate", "size", "kind", "Bernoulli acc %", "approx acc %", "Δ pp", "speedup", "step x",
+              "Δ pp at equal time", "time-to-target x", "paper Bernoulli %", "paper approx % (Δ)", "paper speedup"]
+    for protocol in sorted({c.protocol for c in cells}):
+        pcells = [c for c in cells if c.protocol == protocol]
+        rows = []
+        all_runs = []
+        for c in pcells:
+            base = list(c.runs["bernoulli"].values())
+            b_mean, b_std, b_n = mean_std([r.final("test_acc") for r in base])
+            for v in c.approx_variants():
+                approx = list(c.runs[v].values())
+                all_runs += base + approx
+                a_mean, a_std, a_n = mean_std([r.final("test_acc") for r in approx])
+                pp = paper.TABLE1.get((c.arch, c.rate, v.split(" ")[0])) if isinstance(c.rate, float) else None
+                delta = None if a_mean is None or b_mean is None else 100 * (a_mean - b_mean)
+                rows.append([
+                    c.rate_label, c.arch, v, fmt_ms(b_mean, b_std, b_n, 100), fmt_ms(a_mean, a_std, a_n, 100),
+                    fmt_num(delta, sign=True), *_pair_columns(c.pairs(v), "val_acc", True, target_acc, 100),
+                    f"{pp[0]:.2f}" if pp else "—", f"{pp[1]:.2f} ({pp[1] - pp[0]:+.2f})" if pp else "—",
+                    f"x{pp[2]:.2f}" if pp else "—",
+                ])
+        out += [f"## Protocol `{protocol}`", "", protocol_line(all_runs), "", f"Machine: {machines_line(all_runs)}.", "",
+                md_table(header, rows), ""]
+    return "\n".join(out)
+
+
+def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -> str | None:
+    cells = [c for c in build_cells(runs, "lstm", notes) if "bernoulli" in c.runs and c.approx_variants()]
+    if not cells:
+        return None
+    target = (f"perplexity {target_ppl:g}" if target_ppl is not None
+              else "the higher of the two runs' best validation perplexities")
+    out = ["# Table 2: PTB word LSTM language models, approximate vs Bernoulli dropout", "",
+           "Our runs (test perplexity and word accuracy as each run tested it: the best-validation checkpoint "
+           "under the default `test_ckpt=best`, the last weights under `test_ckpt=last`; each protocol line says "
+           "which) next to the paper's "
+           "Table 2 (Caffe, GPU, 110K iterations on an 8.8K-word corpus, 1000 units per layer). The paper's LM "
+           "score is not perplexity (its formula was lost; lower is better, an untrained model scores about 105); "
+           "compare it only as approximate vs Bernoulli.", "",
+           _DEFINITIONS.format(metric="perplexity", target=target), ""]
+    header = ["layers x units", "rate", "kind", "Bernoulli test ppl", "approx test ppl", "ppl ratio",
+              "Bernoulli word acc %", "approx word acc %", "Δ pp", "speedup", "step x", "Δ val ppl at equal time",
+              "time-to-target x", "paper score B / approx", "paper acc % B / approx", "paper speedup"]
+    for protocol in sorted({c.protocol for c in cells}):
+        rows, all_runs = [], []
+        for c in (c for c in cells if c.protocol == protocol):
+            base = list(c.runs["bernoulli"].values())
+            bp = mean_std([r.final("test_ppl") for r in base])
+            ba = mean_std([r.final("test_acc") for r in base])
+            layers, hidden = (int(x) for x in c.arch.split("x")) if re.fullmatch(r"\d+x\d+", c.arch) else (None, None)
+            for v in c.approx_variants():
+                approx = list(c.runs[v].values())
+                all_runs += base + approx
+                ap = mean_std([r.final("test_ppl") for r in approx])
+                aa = mean_std([r.final("test_acc") for r in approx])
+                ratio = None if ap[0] is None or bp[0] is None else ap[0] / bp[0]
+                dacc = None if aa[0] is None or ba[0] is None else 100 * (aa[0] - ba[0])
+                pp = (paper.TABLE2.get((layers, c.rate)) if hidden == paper.TABLE2_HIDDEN and isinstance(c.rate, float)
+                      else None)
+                kind = v.split(" ")[0]
+                rows.append([
+                    c.arch, c.rate_label, v, fmt_ms(*bp), fmt_ms(*ap), fmt_num(ratio, 3),
+                    fmt_ms(*ba, scale=100), fmt_ms(*aa, scale=100), fmt_num(dacc, sign=True),
+                    *_pair_columns(c.pairs(v), "val_ppl", False, target_ppl),
+                    f"{pp['metric']['bernoulli']} / {pp['metric'][kind]}" if pp and kind in pp["metric"] else "—",
+                    f"{pp['acc']['bernoulli']} / {pp['acc'][kind]}" if pp and kind in pp["acc"] else "—",
+                    f"x{pp['speedup'][kind]:.2f}" if pp and kind in pp["speedup"] else "—",
+                ])
+        out += [f"## Protocol `{protocol}`", "", protocol_line(all_runs), "", f"Machine: {machines_line(all_runs)}.", "",
+                md_table(header, rows), ""]
+    return "\n".join(out)
