@@ -29,6 +29,25 @@ def _pair_columns(pairs, metric: str, higher_is_better: bool, target, equal_time
     ]
 
 
+def _sections(cells, header: list[str], row) -> list[str]:
+    """One section per protocol: its protocol and machine lines, then a row per (cell, approximate variant).
+
+    ``row(cell, variant, base_runs, approx_runs)`` gives the table-specific columns.
+    """
+    out = []
+    for protocol in sorted({c.protocol for c in cells}):
+        rows, all_runs = [], []
+        for c in (c for c in cells if c.protocol == protocol):
+            base = list(c.runs["bernoulli"].values())
+            for v in c.approx_variants():
+                approx = list(c.runs[v].values())
+                all_runs += base + approx
+                rows.append(row(c, v, base, approx))
+        out += [f"## Protocol `{protocol}`", "", protocol_line(all_runs), "", f"Machine: {machines_line(all_runs)}.", "",
+                md_table(header, rows), ""]
+    return out
+
+
 def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -> str | None:
     cells = [c for c in build_cells(runs, "mlp", notes) if "bernoulli" in c.runs and c.approx_variants()]
     if not cells:
@@ -43,28 +62,20 @@ def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -
            _DEFINITIONS.format(metric="accuracy (pp)", target=target), ""]
     header = ["rate", "size", "kind", "Bernoulli acc %", "approx acc %", "Δ pp", "speedup", "step x",
               "Δ pp at equal time", "time-to-target x", "paper Bernoulli %", "paper approx % (Δ)", "paper speedup"]
-    for protocol in sorted({c.protocol for c in cells}):
-        pcells = [c for c in cells if c.protocol == protocol]
-        rows = []
-        all_runs = []
-        for c in pcells:
-            base = list(c.runs["bernoulli"].values())
-            b_mean, b_std, b_n = mean_std([r.final("test_acc") for r in base])
-            for v in c.approx_variants():
-                approx = list(c.runs[v].values())
-                all_runs += base + approx
-                a_mean, a_std, a_n = mean_std([r.final("test_acc") for r in approx])
-                pp = paper.TABLE1.get((c.arch, c.rate, v.split(" ")[0])) if isinstance(c.rate, float) else None
-                delta = None if a_mean is None or b_mean is None else 100 * (a_mean - b_mean)
-                rows.append([
-                    c.rate_label, c.arch, v, fmt_ms(b_mean, b_std, b_n, 100), fmt_ms(a_mean, a_std, a_n, 100),
-                    fmt_num(delta, sign=True), *_pair_columns(c.pairs(v), "val_acc", True, target_acc, 100),
-                    f"{pp[0]:.2f}" if pp else "—", f"{pp[1]:.2f} ({pp[1] - pp[0]:+.2f})" if pp else "—",
-                    f"x{pp[2]:.2f}" if pp else "—",
-                ])
-        out += [f"## Protocol `{protocol}`", "", protocol_line(all_runs), "", f"Machine: {machines_line(all_runs)}.", "",
-                md_table(header, rows), ""]
-    return "\n".join(out)
+
+    def row(c, v, base, approx):
+        b_mean, b_std, b_n = mean_std([r.final("test_acc") for r in base])
+        a_mean, a_std, a_n = mean_std([r.final("test_acc") for r in approx])
+        pp = paper.TABLE1.get((c.arch, c.rate, v.split(" ")[0])) if isinstance(c.rate, float) else None
+        delta = None if a_mean is None or b_mean is None else 100 * (a_mean - b_mean)
+        return [
+            c.rate_label, c.arch, v, fmt_ms(b_mean, b_std, b_n, 100), fmt_ms(a_mean, a_std, a_n, 100),
+            fmt_num(delta, sign=True), *_pair_columns(c.pairs(v), "val_acc", True, target_acc, 100),
+            f"{pp[0]:.2f}" if pp else "—", f"{pp[1]:.2f} ({pp[1] - pp[0]:+.2f})" if pp else "—",
+            f"x{pp[2]:.2f}" if pp else "—",
+        ]
+
+    return "\n".join(out + _sections(cells, header, row))
 
 
 def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -> str | None:
@@ -84,31 +95,25 @@ def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -
     header = ["layers x units", "rate", "kind", "Bernoulli test ppl", "approx test ppl", "ppl ratio",
               "Bernoulli word acc %", "approx word acc %", "Δ pp", "speedup", "step x", "Δ val ppl at equal time",
               "time-to-target x", "paper score B / approx", "paper acc % B / approx", "paper speedup"]
-    for protocol in sorted({c.protocol for c in cells}):
-        rows, all_runs = [], []
-        for c in (c for c in cells if c.protocol == protocol):
-            base = list(c.runs["bernoulli"].values())
-            bp = mean_std([r.final("test_ppl") for r in base])
-            ba = mean_std([r.final("test_acc") for r in base])
-            layers, hidden = (int(x) for x in c.arch.split("x")) if re.fullmatch(r"\d+x\d+", c.arch) else (None, None)
-            for v in c.approx_variants():
-                approx = list(c.runs[v].values())
-                all_runs += base + approx
-                ap = mean_std([r.final("test_ppl") for r in approx])
-                aa = mean_std([r.final("test_acc") for r in approx])
-                ratio = None if ap[0] is None or bp[0] is None else ap[0] / bp[0]
-                dacc = None if aa[0] is None or ba[0] is None else 100 * (aa[0] - ba[0])
-                pp = (paper.TABLE2.get((layers, c.rate)) if hidden == paper.TABLE2_HIDDEN and isinstance(c.rate, float)
-                      else None)
-                kind = v.split(" ")[0]
-                rows.append([
-                    c.arch, c.rate_label, v, fmt_ms(*bp), fmt_ms(*ap), fmt_num(ratio, 3),
-                    fmt_ms(*ba, scale=100), fmt_ms(*aa, scale=100), fmt_num(dacc, sign=True),
-                    *_pair_columns(c.pairs(v), "val_ppl", False, target_ppl),
-                    f"{pp['metric']['bernoulli']} / {pp['metric'][kind]}" if pp and kind in pp["metric"] else "—",
-                    f"{pp['acc']['bernoulli']} / {pp['acc'][kind]}" if pp and kind in pp["acc"] else "—",
-                    f"x{pp['speedup'][kind]:.2f}" if pp and kind in pp["speedup"] else "—",
-                ])
-        out += [f"## Protocol `{protocol}`", "", protocol_line(all_runs), "", f"Machine: {machines_line(all_runs)}.", "",
-                md_table(header, rows), ""]
-    return "\n".join(out)
+
+    def row(c, v, base, approx):
+        bp = mean_std([r.final("test_ppl") for r in base])
+        ba = mean_std([r.final("test_acc") for r in base])
+        layers, hidden = (int(x) for x in c.arch.split("x")) if re.fullmatch(r"\d+x\d+", c.arch) else (None, None)
+        ap = mean_std([r.final("test_ppl") for r in approx])
+        aa = mean_std([r.final("test_acc") for r in approx])
+        ratio = None if ap[0] is None or bp[0] is None else ap[0] / bp[0]
+        dacc = None if aa[0] is None or ba[0] is None else 100 * (aa[0] - ba[0])
+        pp = (paper.TABLE2.get((layers, c.rate)) if hidden == paper.TABLE2_HIDDEN and isinstance(c.rate, float)
+              else None)
+        kind = v.split(" ")[0]
+        return [
+            c.arch, c.rate_label, v, fmt_ms(*bp), fmt_ms(*ap), fmt_num(ratio, 3),
+            fmt_ms(*ba, scale=100), fmt_ms(*aa, scale=100), fmt_num(dacc, sign=True),
+            *_pair_columns(c.pairs(v), "val_ppl", False, target_ppl),
+            f"{pp['metric']['bernoulli']} / {pp['metric'][kind]}" if pp and kind in pp["metric"] else "—",
+            f"{pp['acc']['bernoulli']} / {pp['acc'][kind]}" if pp and kind in pp["acc"] else "—",
+            f"x{pp['speedup'][kind]:.2f}" if pp and kind in pp["speedup"] else "—",
+        ]
+
+    return "\n".join(out + _sections(cells, header, row))
