@@ -96,7 +96,10 @@ class Cell:
     arch: str
     rate: object
     rate_label: str
-    runs: dict[str, dict] = field(default_factory=lambda: defaultdict(dict))  # variant -> seed -> Run
+    runs: dict[str, dict] = field(default_factory=lambda: defaultdict(dict))  # variant -> seed -> Run (the latest)
+    # variant -> seed -> every run, oldest first: the tables compare the latest run of a repeated
+    # (variant, seed), but the learning check lists them all (a spike in one realisation stays visible)
+    repeats: dict[str, dict] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
 
     def pairs(self, variant: str) -> list[Pair]:
         base = self.runs.get("bernoulli", {})
@@ -123,6 +126,8 @@ def build_cells(runs: list[Run], family: str, notes: list[str]) -> list[Cell]:
             continue
         key = (r.protocol, r.arch, r.rate)
         cell = cells.setdefault(key, Cell(r.protocol, family, r.arch, r.rate, r.rate_label))
+        cell.repeats[r.variant][r.seed].append(r)
+        cell.repeats[r.variant][r.seed].sort(key=lambda x: str(x.doc.get("started_at")))
         prev = cell.runs[r.variant].get(r.seed)
         if prev is not None:
             notes.append(f"{family} {r.arch} rate {r.rate_label} {r.variant} seed {r.seed} ({r.protocol}): two runs "

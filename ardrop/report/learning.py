@@ -102,15 +102,10 @@ def learning_table(runs: list[Run], step: int = LEARNING_STEP, warmup: int = LEA
     crit = LearningCriteria(step, warmup, window)
     for c in cells:
         for v in c.approx_variants():
-            # Every run of a repeated (variant, seed), not only the latest: a spike in one
-            # realisation must stay visible beside a rerun that did not spike.
-            repeats = defaultdict(list)
-            for r in runs:
-                if (r.family == "lstm" and r.status in USABLE and r.variant == v
-                        and (r.protocol, r.arch, r.rate) == (c.protocol, c.arch, c.rate)):
-                    repeats[r.seed].append(r)
             for p in c.pairs(v):
-                runs_of_seed = sorted(repeats[p.approx.seed], key=lambda r: str(r.doc.get("started_at")))
+                # Every run of a repeated (variant, seed), not only the latest: a spike in one
+                # realisation must stay visible beside a rerun that did not spike.
+                runs_of_seed = c.repeats[v][p.approx.seed]
                 for i, approx in enumerate(runs_of_seed):
                     seed = str(approx.seed)
                     if len(runs_of_seed) > 1:
