@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -323,6 +324,42 @@ def test_report_numbers_match_the_summaries(sweeps, tmp_path):
     with open(out / "runs.csv") as fh:
         listed = list(csv.DictReader(fh))
     assert len(listed) == 14 and {r["status"] for r in listed} == {"tested"}
+
+
+def _coverage_rows(md: str) -> dict[str, str]:
+    part = md.split("## Coverage of the paper's rows", 1)[1]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in part.splitlines()
+            if line.startswith("|") and not line.startswith("|---")]
+    return {r[0]: r[1] for r in rows[1:]}
+
+
+def test_tables_say_which_paper_rows_have_no_tested_pair(sweeps, tmp_path):
+    """Every row of the paper's Tables 1 and 2 is listed with the seeds we have for it; a pair counts only
+    when both runs were tested. One run's test result is removed from a copy of the sweep to check that."""
+    copy = tmp_path / "runs"
+    shutil.copytree(sweeps["table1"], copy)
+    for f in copy.rglob("summary.json"):
+        d = json.loads(f.read_text())
+        c = d["choices"]
+        if (c["dropout"], c["rate"], c["seed"]) == ("tile", 0.7, 1):
+            d["final"].pop("test_acc")
+            f.write_text(json.dumps(d))
+    out = tmp_path / "o"
+    build_report([copy, sweeps["fig6"]], out)
+    cov = _coverage_rows((out / "table1.md").read_text())
+    assert set(cov) == {f"{a} / {r} / {k}" for a, r, k in paper_numbers.TABLE1}
+    for (arch, rate, kind) in paper_numbers.TABLE1:
+        cell = cov[f"{arch} / {rate} / {kind}"]
+        if arch != "1024x64":
+            assert cell == "**no tested pair**"
+        elif (rate, kind) == (0.7, "tile"):
+            assert cell.endswith("seed 0")
+        else:
+            assert cell.endswith("seeds 0, 1")
+    assert "4 of the paper's 16 rows have at least one tested pair" in (out / "table1.md").read_text()
+    # the LSTM runs have 16 units: none of the paper's 1000-unit rows is covered
+    cov2 = _coverage_rows((out / "table2.md").read_text())
+    assert len(cov2) == 2 * len(paper_numbers.TABLE2) and set(cov2.values()) == {"**no tested pair**"}
 
 
 def test_report_cli_collect_and_missing_runs(sweeps, tmp_path):

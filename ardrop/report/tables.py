@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 
 from ardrop import paper_numbers as paper
 
-from .compare import build_cells, mean_std
+from .compare import arch_order, build_cells, mean_std
 from .markdown import fmt_ms, fmt_num, machines_line, md_table, protocol_line
 from .runs import Run
 
@@ -27,6 +28,30 @@ def _pair_columns(pairs, metric: str, higher_is_better: bool, target, equal_time
         fmt_ms(*mean_std([p.at_equal_time(metric) for p in pairs]), scale=equal_time_scale, sign=True),
         fmt_ms(*mean_std([p.time_to_target_ratio(metric, higher_is_better, target) for p in pairs]), prefix="x"),
     ]
+
+
+def _coverage(cells, paper_rows: list[tuple], row_of, metric: str) -> list[str]:
+    """Which of the paper's rows we have measured, with how many seeds, and which not at all.
+
+    Why in the table file: the tables list only what ran, so a missing size or rate would
+    otherwise go unnoticed by a reader comparing them with the paper.
+    ``row_of(cell, kind)`` maps one of our cells to the paper's row key (None: no paper row). A
+    pair counts only when both runs were tested (``metric`` in their final numbers), as the
+    paper's rows are test numbers.
+    """
+    seen = defaultdict(list)
+    for c in cells:
+        for v in c.approx_variants():
+            key = row_of(c, v.split(" ")[0])
+            seeds = [str(p.base.seed) for p in c.pairs(v)
+                     if p.base.final(metric) is not None and p.approx.final(metric) is not None]
+            if key is not None and seeds:
+                seen[key].append(f"{v} ({c.protocol}): seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}")
+    rows = [[" / ".join(map(str, k)), "; ".join(seen[k]) or "**no tested pair**"] for k in paper_rows]
+    missing = [k for k in paper_rows if not seen[k]]
+    return ["## Coverage of the paper's rows", "",
+            f"{len(paper_rows) - len(missing)} of the paper's {len(paper_rows)} rows have at least one tested pair of "
+            "runs (approximate and Bernoulli, same seed) here.", "", md_table(["paper row", "our pairs"], rows), ""]
 
 
 def _sections(cells, header: list[str], row) -> list[str]:
@@ -75,7 +100,9 @@ def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -
             f"x{pp[2]:.2f}" if pp else "—",
         ]
 
-    return "\n".join(out + _sections(cells, header, row))
+    paper_rows = sorted(paper.TABLE1, key=lambda k: (arch_order(k[0]), k[1], k[2]))
+    covered = _coverage(cells, paper_rows, lambda c, kind: (c.arch, c.rate, kind), "test_acc")
+    return "\n".join(out + _sections(cells, header, row) + covered)
 
 
 def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -> str | None:
@@ -116,4 +143,13 @@ def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -
             f"x{pp['speedup'][kind]:.2f}" if pp and kind in pp["speedup"] else "—",
         ]
 
-    return "\n".join(out + _sections(cells, header, row))
+    def paper_row(c, kind):
+        sizes = re.fullmatch(r"(\d+)x(\d+)", c.arch)
+        if sizes is None or int(sizes[2]) != paper.TABLE2_HIDDEN:
+            return None
+        return (f"{sizes[1]}x{sizes[2]}", c.rate, kind)
+
+    paper_rows = [(f"{layers}x{paper.TABLE2_HIDDEN}", rate, kind) for layers, rate in sorted(paper.TABLE2)
+                  for kind in ("row", "tile")]
+    covered = _coverage(cells, paper_rows, paper_row, "test_ppl")
+    return "\n".join(out + _sections(cells, header, row) + covered)
