@@ -67,6 +67,24 @@ def synth_data(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def emulated_ext(tmp_path_factory):
+    """cuda_ext's binding compiled against the host emulator of its kernels (no GPU needed), built once per session.
+
+    Why the shared cache directory first: the build takes minutes; a later session reuses it
+    while the sources' hash is unchanged.
+    """
+    from cuda_ext import loader
+    from cuda_ext.emulation import build_emulated
+
+    try:
+        build_dir = loader.cache_root() / f"emulated-{loader.source_hash()}"
+        build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        build_dir = tmp_path_factory.mktemp("ardrop_emulated")
+    return build_emulated(build_dir)
+
+
 def small_overrides(data_dir: Path, out: Path, model: str = "mlp_1024x64", dropout: str = "row") -> list[str]:
     """Tiny, fast settings for an end-to-end run of one model family."""
     ov = [

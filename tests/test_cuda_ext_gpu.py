@@ -22,19 +22,6 @@ PATTERNS = [(dp, off) for dp in range(1, 9) for off in range(dp)]
 
 # ----------------------------------------------------------------------------- backends
 @pytest.fixture(scope="session")
-def emulated_ext(tmp_path_factory):
-    from cuda_ext import loader
-    from cuda_ext.emulation import build_emulated
-
-    try:
-        build_dir = loader.cache_root() / f"emulated-{loader.source_hash()}"
-        build_dir.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        build_dir = tmp_path_factory.mktemp("ardrop_emulated")
-    return build_emulated(build_dir)
-
-
-@pytest.fixture(scope="session")
 def cuda_ext_module():
     if not HAS_CUDA:
         pytest.skip("CUDA is not available (torch.cuda.is_available() is False)")

@@ -40,18 +40,6 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/usr/local/cuda")
 
 
-@pytest.fixture(scope="module")
-def emulated_module(tmp_path_factory):
-    from cuda_ext.emulation import build_emulated
-
-    try:
-        build_dir = loader.cache_root() / f"emulated-{loader.source_hash()}"
-        build_dir.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        build_dir = tmp_path_factory.mktemp("emu")
-    return build_emulated(build_dir)
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
 def test_never_attempted_without_cuda(no_build):
     assert loader.available() is False
@@ -189,20 +177,20 @@ def test_cache_directory_is_keyed(monkeypatch, tmp_path):
     assert loader.cache_root() == tmp_path / "xdg" / "ardrop" / "cuda_ext"
 
 
-def test_built_module_must_pass_self_check(monkeypatch, fake_cuda, emulated_module):
+def test_built_module_must_pass_self_check(monkeypatch, fake_cuda, emulated_ext):
     """A correct module is accepted; a subtly wrong one is refused with a clear reason."""
-    monkeypatch.setattr(loader, "_build", lambda verbose: emulated_module)
+    monkeypatch.setattr(loader, "_build", lambda verbose: emulated_ext)
     assert loader.available() is True
-    assert loader.load() is emulated_module
+    assert loader.load() is emulated_ext
 
     class Wrong:
         emulated = True
 
         def __getattr__(self, name):
-            return getattr(emulated_module, name)
+            return getattr(emulated_ext, name)
 
         def tile_forward(self, *args):
-            return emulated_module.tile_forward(*args) * 1.001
+            return emulated_ext.tile_forward(*args) * 1.001
 
     loader._reset_for_tests()
     monkeypatch.setattr(loader, "_build", lambda verbose: Wrong())
@@ -267,27 +255,27 @@ def test_wheel_carries_every_runtime_source(tmp_path):
 
 
 @pytest.mark.parametrize("sm_count", [1, 1 << 20], ids=["128x128", "64x64"])
-def test_self_check_covers_multi_block_grids_in_both_configs(emulated_module, sm_count):
+def test_self_check_covers_multi_block_grids_in_both_configs(emulated_ext, sm_count):
     """The widened self-check passes through the emulator with either row block configuration."""
     from cuda_ext.emulation import set_sm_count
 
-    set_sm_count(emulated_module, sm_count)
+    set_sm_count(emulated_ext, sm_count)
     try:
-        run_self_check(emulated_module)
+        run_self_check(emulated_ext)
     finally:
-        set_sm_count(emulated_module, 132)
+        set_sm_count(emulated_ext, 132)
 
 
-def test_self_check_catches_an_error_outside_the_first_block(emulated_module):
+def test_self_check_catches_an_error_outside_the_first_block(emulated_ext):
     """A kernel wrong only beyond the first 64 output rows passes a one-block check, not this one."""
     class WrongBeyondFirstBlock:
         emulated = True
 
         def __getattr__(self, name):
-            return getattr(emulated_module, name)
+            return getattr(emulated_ext, name)
 
         def row_forward(self, *args):
-            y = emulated_module.row_forward(*args)
+            y = emulated_ext.row_forward(*args)
             if y.shape[0] > 64:
                 y = y.clone()
                 y[64:] *= 1.001

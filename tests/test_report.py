@@ -362,6 +362,30 @@ def test_tables_say_which_paper_rows_have_no_tested_pair(sweeps, tmp_path):
     assert len(cov2) == 2 * len(paper_numbers.TABLE2) and set(cov2.values()) == {"**no tested pair**"}
 
 
+def _first_time_at_or_below(curve: list[tuple[float, float]], target: float) -> float:
+    for i, (t, v) in enumerate(curve):
+        if v <= target:
+            if i == 0:
+                return t
+            (t0, v0) = curve[i - 1]
+            return t0 + (t - t0) * (v0 - target) / (v0 - v)
+    raise AssertionError("never reached")
+
+
+def test_fig6_caption_speedup_is_the_time_to_target_ratio(sweeps):
+    """fig6.png's caption puts our time-to-target ratio beside the paper's convergence speedup; recomputed here."""
+    from ardrop.report import find_summaries
+    from ardrop.report.figures import fig6_speedups
+
+    runs, _ = find_summaries([sweeps["fig6"]])
+    docs = {d["choices"]["dropout"]: d for d in _summaries(sweeps["fig6"])}
+    curves = {k: [(p["train_time_s"], p["val_ppl"]) for p in d["curve"]] for k, d in docs.items()}
+    target = max(min(v for _, v in c) for c in curves.values())  # the worse of the two best perplexities
+    expected = _first_time_at_or_below(curves["bernoulli"], target) / _first_time_at_or_below(curves["row"], target)
+    got = fig6_speedups(runs)
+    assert list(got) == ["row"] and got["row"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_report_cli_collect_and_missing_runs(sweeps, tmp_path):
     """The command as documented: default figure choices (no 2048x2048 runs -> fig5 skipped, saying why),
     --collect copies, and a report rebuilt from the copies alone gives the same tables."""
