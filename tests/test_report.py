@@ -362,6 +362,24 @@ def test_tables_say_which_paper_rows_have_no_tested_pair(sweeps, tmp_path):
     assert len(cov2) == 2 * len(paper_numbers.TABLE2) and set(cov2.values()) == {"**no tested pair**"}
 
 
+def test_tables_lead_with_their_own_experiment(sweeps, tmp_path):
+    """Table 2 opens with the `table2` protocol even where another protocol's name sorts first: the paper's
+    protocol is the table, a learning check beside it is not."""
+    src = tmp_path / "runs"
+    src.mkdir()
+    for d in _summaries(sweeps["fig6"]):
+        for exp, max_steps in (("learning_lstm", 7), ("table2", None)):
+            doc = json.loads(json.dumps(d))
+            doc["choices"]["experiment"] = exp
+            doc["run_id"] = f"{exp}-{doc['run_id']}"
+            if max_steps is not None:
+                doc["config"]["trainer"]["max_steps"] = max_steps
+            (src / f"{doc['run_id']}.json").write_text(json.dumps(doc))
+    build_report([src], tmp_path / "o")
+    heads = re.findall(r"^## Protocol `([^`]+)`", (tmp_path / "o" / "table2.md").read_text(), flags=re.M)
+    assert heads == ["table2", "learning_lstm"]
+
+
 def _first_time_at_or_below(curve: list[tuple[float, float]], target: float) -> float:
     for i, (t, v) in enumerate(curve):
         if v <= target:

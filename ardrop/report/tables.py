@@ -54,13 +54,21 @@ def _coverage(cells, paper_rows: list[tuple], row_of, metric: str) -> list[str]:
             "runs (approximate and Bernoulli, same seed) here.", "", md_table(["paper row", "our pairs"], rows), ""]
 
 
-def _sections(cells, header: list[str], row) -> list[str]:
+def _leads(protocol: str, experiment: str) -> bool:
+    """Whether a protocol label (``a+b`` where experiments share a config, ``#fp`` where names collide)
+    names the table's own experiment."""
+    return experiment in protocol.split("#")[0].split("+")
+
+
+def _sections(cells, header: list[str], row, experiment: str) -> list[str]:
     """One section per protocol: its protocol and machine lines, then a row per (cell, approximate variant).
 
-    ``row(cell, variant, base_runs, approx_runs)`` gives the table-specific columns.
+    ``row(cell, variant, base_runs, approx_runs)`` gives the table-specific columns. The table's own
+    experiment comes first: it is the paper's protocol, and the other sections (a learning check, an older
+    variant) qualify it rather than lead.
     """
     out = []
-    for protocol in sorted({c.protocol for c in cells}):
+    for protocol in sorted({c.protocol for c in cells}, key=lambda p: (not _leads(p, experiment), p)):
         rows, all_runs = [], []
         for c in (c for c in cells if c.protocol == protocol):
             base = list(c.runs["bernoulli"].values())
@@ -102,7 +110,7 @@ def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -
 
     paper_rows = sorted(paper.TABLE1, key=lambda k: (arch_order(k[0]), k[1], k[2]))
     covered = _coverage(cells, paper_rows, lambda c, kind: (c.arch, c.rate, kind), "test_acc")
-    return "\n".join(out + _sections(cells, header, row) + covered)
+    return "\n".join(out + _sections(cells, header, row, "table1") + covered)
 
 
 def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -> str | None:
@@ -152,4 +160,4 @@ def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -
     paper_rows = [(f"{layers}x{paper.TABLE2_HIDDEN}", rate, kind) for layers, rate in sorted(paper.TABLE2)
                   for kind in ("row", "tile")]
     covered = _coverage(cells, paper_rows, paper_row, "test_ppl")
-    return "\n".join(out + _sections(cells, header, row) + covered)
+    return "\n".join(out + _sections(cells, header, row, "table2") + covered)
