@@ -54,12 +54,6 @@ def _coverage(cells, paper_rows: list[tuple], row_of, metric: str) -> list[str]:
             "runs (approximate and Bernoulli, same seed) here.", "", md_table(["paper row", "our pairs"], rows), ""]
 
 
-def _leads(protocol: str, experiment: str) -> bool:
-    """Whether a protocol label (``a+b`` where experiments share a config, ``#fp`` where names collide)
-    names the table's own experiment."""
-    return experiment in protocol.split("#")[0].split("+")
-
-
 def _sections(cells, header: list[str], row, experiment: str) -> list[str]:
     """One section per protocol: its protocol and machine lines, then a row per (cell, approximate variant).
 
@@ -68,7 +62,9 @@ def _sections(cells, header: list[str], row, experiment: str) -> list[str]:
     variant) qualify it rather than lead.
     """
     out = []
-    for protocol in sorted({c.protocol for c in cells}, key=lambda p: (not _leads(p, experiment), p)):
+    own = {c.protocol for c in cells for by_seed in c.runs.values() for r in by_seed.values()
+           if r.experiment == experiment}
+    for protocol in sorted({c.protocol for c in cells}, key=lambda p: (p not in own, p)):
         rows, all_runs = [], []
         for c in (c for c in cells if c.protocol == protocol):
             base = list(c.runs["bernoulli"].values())
