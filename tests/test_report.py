@@ -620,3 +620,24 @@ def test_protocol_line_says_when_runs_skipped_validation_or_test():
     bare = protocol_line([Run(Path("b"), doc(test=False, limit_val_batches=0))])
     assert "no validation" in bare and "val_check_interval" not in bare
     assert "tested checkpoint: not tested" in bare and "last" not in bare
+
+
+def test_fig6_prefers_the_fig6_experiment_over_a_larger_table2_group(sweeps, tmp_path):
+    """More seeds of the half-epoch Table 2 sweep must not push the one-epoch experiment=fig6 runs out of fig6.png."""
+    from ardrop.report import find_summaries
+    from ardrop.report.figures import fig6
+
+    docs = _summaries(sweeps["fig6"])
+    for seed in (0, 1):  # a Table 2 group of the same LSTM at the same rate, twice as many runs
+        for i, d in enumerate(docs):
+            d = json.loads(json.dumps(d))
+            d["choices"]["experiment"] = "table2"
+            d["config"]["seed"] = d["choices"]["seed"] = seed
+            d["run_id"] = f"table2-{seed}-{i}"
+            d["config"]["trainer"]["val_check_interval"] = 0.5  # another protocol
+            (tmp_path / f"t2-{seed}-{i}.json").write_text(json.dumps(d))
+    runs, _ = find_summaries([sweeps["fig6"], tmp_path])
+    notes: list[str] = []
+    assert fig6(runs, tmp_path / "fig6.png", 0.5, notes) is None
+    (note,) = [n for n in notes if n.startswith("fig6.png:")]
+    assert note.startswith("fig6.png: 3x16 (fig6) drawn"), note
