@@ -6,6 +6,7 @@ check in the tables is recomputed here from the summary files themselves.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -630,7 +631,7 @@ def test_fig6_prefers_the_fig6_experiment_over_a_larger_table2_group(sweeps, tmp
     docs = _summaries(sweeps["fig6"])
     for seed in (0, 1):  # a Table 2 group of the same LSTM at the same rate, twice as many runs
         for i, d in enumerate(docs):
-            d = json.loads(json.dumps(d))
+            d = copy.deepcopy(d)
             d["choices"]["experiment"] = "table2"
             d["config"]["seed"] = d["choices"]["seed"] = seed
             d["run_id"] = f"table2-{seed}-{i}"

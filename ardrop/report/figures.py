@@ -6,7 +6,6 @@ nothing beyond the standard library.
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -137,7 +136,7 @@ def fig6(runs: list[Run], path: Path, rate: float, notes: list[str]) -> str | No
     # The paper's Fig. 6 is the 3-layer LSTM: prefer it, then the runs made for this figure (experiment=fig6,
     # validated 10 times over a whole epoch), which more seeds of a half-epoch Table 2 sweep must not displace;
     # then the group with most runs, then the most validations.
-    key = max(usable, key=lambda k: (k[1].startswith("3x"), "fig6" in re.split(r"[+#]", k[0]), len(usable[k]),
+    key = max(usable, key=lambda k: (k[1].startswith("3x"), any(r.experiment == "fig6" for r in usable[k]), len(usable[k]),
                                      min(len(r.curve("val_ppl")) for r in usable[k]), k))
     if len(usable) > 1:
         notes.append(f"fig6.png: {key[1]} ({key[0]}) drawn; also available: "
