@@ -15,6 +15,9 @@ It therefore includes data loading, forward, backward, optimiser steps, clipping
 and any checkpoint written on a training-step cadence. Test runs after ``on_train_end`` and
 never counts. The curve points' ``train_time_s`` is this clock at the start of each
 validation, so curves of different runs share one time axis.
+On a GPU the clock is read after ``torch.cuda.synchronize`` at train start, at each
+validation start and at train end, so queued kernels count where they ran; the per-step
+``step_times`` stay host-side (launch-bound steps read short, queue-bound ones are exact).
 
 While training runs it also measures how many CPU cores *other* work kept busy
 (``timing.other_cpu_cores``: the machine's busy time from ``/proc/stat`` minus this process's
@@ -125,6 +128,18 @@ class RunSummary(pl.Callback):
         spent = self._val_s + (now - self._val_t0 if self._val_t0 is not None else 0.0)
         return now - self._train_t0 - spent
 
+    @staticmethod
+    def _settled(pl_module) -> float:
+        """perf_counter once the module's queued GPU work has finished.
+
+        CUDA kernels run asynchronously: without this, the last training steps' device time
+        would land in the validation interval (or after ``on_train_end``), and a GPU run's
+        training time would read short. CPU modules read the clock directly."""
+        device = getattr(pl_module, "device", None)
+        if isinstance(device, torch.device) and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     def _close_validation(self) -> None:
         if self._val_t0 is not None:
             self._val_s += time.perf_counter() - self._val_t0
@@ -147,10 +162,10 @@ class RunSummary(pl.Callback):
             self.step_times = array("d", restored["step_times"])
             self._restored_val_s = restored["validation_s"]
             self.resumed_from_step = trainer.global_step
-            self._train_t0 = time.perf_counter() - restored["train_time_s"]
+            self._train_t0 = self._settled(pl_module) - restored["train_time_s"]
             self._load.restore(restored.get("other_cpu"))
         else:
-            self._train_t0 = time.perf_counter()
+            self._train_t0 = self._settled(pl_module)
         self._load.start()
 
     def on_train_epoch_start(self, trainer, pl_module):
@@ -184,7 +199,7 @@ class RunSummary(pl.Callback):
     def on_validation_start(self, trainer, pl_module):
         if self._training and not trainer.sanity_checking:
             self._close_validation()
-            self._val_t0 = time.perf_counter()
+            self._val_t0 = self._settled(pl_module)
 
     def on_validation_end(self, trainer, pl_module):
         if not self._training or trainer.sanity_checking or self._val_t0 is None:
@@ -196,9 +211,10 @@ class RunSummary(pl.Callback):
         self.curve.append(point)
 
     def on_train_end(self, trainer, pl_module):
+        now = self._settled(pl_module)
         self._close_validation()
         self._load.stop()
-        self.train_time_s = self._train_time(time.perf_counter())
+        self.train_time_s = self._train_time(now)
         self.steps = trainer.global_step
         self._training = False
 

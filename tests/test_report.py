@@ -21,6 +21,7 @@ import time
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import torch
 
 from ardrop import paper_numbers
 from ardrop.report import ReportError, build_report, time_to, value_at
@@ -187,6 +188,36 @@ def test_cpu_share_counts_other_work_only():
     blind.start()
     blind.stop()
     assert blind.cores() is None  # no /proc/stat: unknown, not zero
+
+
+def test_gpu_training_time_waits_for_queued_kernels(monkeypatch, tmp_path):
+    """CUDA work is asynchronous: the clock must wait for it at train end and validation start."""
+    from types import SimpleNamespace
+
+    from callbacks.run_summary import RunSummary
+
+    queued = {"s": 0.0}
+    calls = []
+
+    def synchronize(device=None):  # stands in for the GPU draining its queue
+        calls.append(device)
+        time.sleep(queued["s"])
+        queued["s"] = 0.0
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    module = SimpleNamespace(device=torch.device("cuda", 0))
+    trainer = SimpleNamespace(global_step=3, sanity_checking=False)
+    cb = RunSummary(str(tmp_path))
+    cb.on_train_start(trainer, module)
+    queued["s"] = 0.3  # three steps' kernels still running when the host reaches the end
+    cb.on_train_end(trainer, module)
+    assert cb.train_time_s >= 0.3, cb.train_time_s
+    assert calls and all(d == torch.device("cuda", 0) for d in calls)
+    cpu = RunSummary(str(tmp_path))
+    calls.clear()
+    cpu.on_train_start(trainer, SimpleNamespace(device=torch.device("cpu")))
+    cpu.on_train_end(trainer, SimpleNamespace(device=torch.device("cpu")))
+    assert calls == []  # CPU runs never touch CUDA
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
