@@ -68,9 +68,24 @@ AUTOTUNE = Autotune()
 
 
 def forward_backward(op: Callable, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *args):
-    """A closure running ``op`` forward and backward on detached copies (no parameter or LazySGD is touched)."""
-    xs, ws = x.detach().clone().requires_grad_(x.requires_grad), weight.detach().clone().requires_grad_(True)
-    bs = None if bias is None else bias.detach().clone().requires_grad_(True)
+    """A closure running ``op`` as the call being tuned will run, on detached copies.
+
+    Where autograd records (training), forward and backward; where it does not (Lightning's
+    validation and test run under ``torch.inference_mode``), forward only: a backward there
+    would raise, and the forward alone is what those calls cost. No parameter or LazySGD is
+    touched. `case_key` keeps the two apart, so an eval-time choice never serves training.
+    """
+    xs, ws = x.detach().clone(), weight.detach().clone()
+    bs = None if bias is None else bias.detach().clone()
+    if not torch.is_grad_enabled():
+        def forward_only() -> None:
+            op(xs, ws, bs, *args)
+
+        return forward_only
+    xs.requires_grad_(x.requires_grad)
+    ws.requires_grad_(True)
+    if bs is not None:
+        bs.requires_grad_(True)
 
     def run() -> None:
         y = op(xs, ws, bs, *args)
@@ -83,4 +98,5 @@ def forward_backward(op: Callable, x: torch.Tensor, weight: torch.Tensor, bias: 
 
 
 def case_key(op_name: str, x: torch.Tensor, weight: torch.Tensor, bias, *pattern) -> tuple:
-    return (op_name, tuple(x.shape), tuple(weight.shape), x.dtype, str(x.device), bias is not None, *pattern)
+    return (op_name, tuple(x.shape), tuple(weight.shape), x.dtype, str(x.device), bias is not None,
+            torch.is_grad_enabled(), *pattern)

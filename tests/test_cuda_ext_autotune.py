@@ -55,6 +55,21 @@ def test_timed_closures_touch_copies_not_the_parameters():
     assert w.grad is None and b.grad is None  # the real parameters never saw a gradient
 
 
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode])
+def test_a_case_first_seen_without_autograd_is_timed_forward_only(no_grad):
+    """Lightning validates under inference_mode: the first GPU validation of an MLP raised
+    "element 0 of tensors does not require grad" when the tuner ran a backward there."""
+    from ardrop.functional.compact import _torch_compact
+
+    w, b = torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(6))
+    with no_grad():
+        x = torch.randn(3, 5)
+        eval_key = autotune.case_key("compact", x, w, b, 2, 1)
+        forward_backward(_torch_compact, x, w, b, 2, 1, 1, 0, 1.0, 1.0, True)()
+    train_key = autotune.case_key("compact", x, w, b, 2, 1)
+    assert eval_key != train_key  # a forward-only timing never decides a training call
+
+
 def test_dispatch_uses_the_choice(monkeypatch):
     """compact_linear with a fake CUDA op: the tuner's verdict decides which side runs."""
     import ardrop.functional._common as common

@@ -352,3 +352,28 @@ def test_auto_mode_measures_each_case_once(cuda_ext_module, monkeypatch):
     (t_kernels, t_torch), = tuner.timings.values()
     assert t_kernels > 0 and t_torch > 0
     print(f"autotune compact 64x256->512 dp2: kernels {t_kernels:.3f} ms, torch {t_torch:.3f} ms")
+
+
+@gpu
+def test_auto_mode_under_inference_mode_matches_the_reference(cuda_ext_module, monkeypatch):
+    """Lightning's validation runs the layers under inference_mode; auto mode must tune
+    (forward only) and compute there, for both ops."""
+    from ardrop.functional import compact_linear, tile_linear
+    from cuda_ext import autotune
+
+    monkeypatch.setenv("ARDROP_CUDA_EXT", "auto")
+    monkeypatch.setattr(autotune, "AUTOTUNE", autotune.Autotune())
+    torch.manual_seed(0)
+    x = torch.randn(32, 96, device="cuda")
+    w = torch.randn(64, 96, device="cuda", requires_grad=True)
+    b = torch.randn(64, device="cuda", requires_grad=True)
+    gy = torch.zeros(32, 32, dtype=torch.float64)
+    with torch.inference_mode():
+        y = compact_linear(x, w, b, 2, 1)
+        yt = tile_linear(x, w, b, 2, 0, 32, scale=2.0)
+    ref = ref_compact(x.cpu(), w.detach().cpu(), b.detach().cpu(), 2, 1, 1, 0, 1.0, 1.0, False, gy)[0]
+    assert (y.double().cpu() - ref).abs().max().item() < 1e-4 * ref.abs().max().item()
+    scale = 2.0  # dp=2 keeps half of the tiles
+    gyt = torch.zeros(32, 64, dtype=torch.float64)
+    ref_t = ref_tile(x.cpu(), w.detach().cpu(), b.detach().cpu(), 2, 0, 32, scale, False, gyt)[0]
+    assert (yt.double().cpu() - ref_t).abs().max().item() < 1e-4 * ref_t.abs().max().item()
