@@ -632,6 +632,21 @@ def test_report_notes_a_run_collected_before_its_test(sweeps, tmp_path):
     assert not any("not tested" in n for n in res["notes"])
 
 
+def test_a_gpu_sweep_of_an_experiment_is_its_own_named_protocol(tmp_path):
+    """trainer=gpu runs of table2 must not pool with the CPU table2 runs, nor rename them."""
+    from pathlib import Path
+
+    from ardrop.report.runs import Run, label_protocols
+
+    def doc(acc, seed):
+        return {"choices": {"experiment": "table2", "seed": seed},
+                "config": {"seed": seed, "trainer": {"accelerator": acc, "max_epochs": 1}}}
+
+    runs = [Run(Path(f"{acc}{s}.json"), doc(acc, s)) for acc in ("cpu", "gpu") for s in (0, 1)]
+    label_protocols(runs)
+    assert [r.protocol for r in runs] == ["table2", "table2", "table2 (gpu)", "table2 (gpu)"]
+
+
 def test_protocol_line_says_when_runs_skipped_validation_or_test():
     """A run with `test=false trainer.limit_val_batches=0` (the learning check's 1000-step part) is not described
     as validated every half epoch and tested on its last weights."""

@@ -188,12 +188,22 @@ def protocol_fingerprint(doc: dict) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:6]
 
 
+def _accelerator(doc: dict) -> str:
+    """``trainer.accelerator`` where it is not the CPU: a GPU sweep of the same experiment is
+    its own protocol (its timings never pair with CPU runs), and its name says so."""
+    acc = ((doc.get("config") or {}).get("trainer") or {}).get("accelerator")
+    return "" if acc in (None, "cpu") else str(acc)
+
+
 def label_protocols(runs: list[Run]) -> None:
     """Name each protocol by its experiment(s); add the fingerprint only where names would collide."""
     by_fp: dict[str, set] = defaultdict(set)
+    device: dict[str, str] = {}
     for r in runs:
-        by_fp[protocol_fingerprint(r.doc)].add(r.experiment or "custom")
-    names = {fp: "+".join(sorted(exps)) for fp, exps in by_fp.items()}
+        fp = protocol_fingerprint(r.doc)
+        by_fp[fp].add(r.experiment or "custom")
+        device[fp] = _accelerator(r.doc)  # part of the fingerprint: one per protocol
+    names = {fp: "+".join(sorted(exps)) + (f" ({device[fp]})" if device[fp] else "") for fp, exps in by_fp.items()}
     counts = defaultdict(int)
     for n in names.values():
         counts[n] += 1
