@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Prepare what a bare GPU machine needs to run scripts/gpu_check.sh from a copy of this
+# checkout: the pure-Python packages its image may lack (hydra-core, omegaconf, antlr4,
+# copied from this venv) and the data, compressed. Everything goes into .devcarry/, which
+# is kept out of git (.git/info/exclude) and travels as one carried folder.
+#   bash scripts/gpu_carry.sh        # then, on the GPU machine: bash scripts/gpu_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exclude="$(git rev-parse --git-common-dir)/info/exclude"
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.devcarry/' "$exclude" 2>/dev/null || echo '/.devcarry/' >> "$exclude"
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+rm -rf .devcarry && mkdir -p .devcarry/pylib
+for pkg in hydra omegaconf antlr4; do
+  cp -r "$site/$pkg" .devcarry/pylib/
+  cp -r "$site"/"$(ls "$site" | grep -i "^${pkg/antlr4/antlr4_python3_runtime}[-_].*dist-info$" | head -1)" .devcarry/pylib/ 2>/dev/null || true
+done
+cp -r "$site"/hydra_core-*.dist-info .devcarry/pylib/
+find .devcarry -name __pycache__ -prune -exec rm -rf {} +
+[ -d data/mnist ] && [ -d data/ptb ] || { echo "no data/: run 'source scripts/setup.sh' first" >&2; exit 1; }
+tar czhf .devcarry/data.tgz data  # -h: data/ may be a link
+du -sh .devcarry/* | sed 's/^/  /'
+echo "carry .devcarry; run: bash scripts/gpu_check.sh"

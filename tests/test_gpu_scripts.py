@@ -1,0 +1,46 @@
+"""scripts/gpu_check.sh and gpu_carry.sh: the prepared GPU session, checked where no GPU is.
+
+A lent GPU machine lives for minutes, so a typo in the script costs the whole lease: the
+script must parse, every default step must have a case, and each step must give its
+command to the right tool. Run with a CPU-only torch, every step fails fast with the
+tools' own "needs a CUDA device" errors, which is enough to show the plumbing works.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO
+
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
+
+
+def test_scripts_parse():
+    for name in ("gpu_check.sh", "gpu_carry.sh"):
+        subprocess.run(["bash", "-n", str(REPO / "scripts" / name)], check=True)
+
+
+def test_every_default_step_has_a_case():
+    text = SCRIPT.read_text()
+    default = re.search(r'STEPS=\$\{STEPS:-"([^"]+)"\}', text).group(1).split()
+    cases = set(re.findall(r"^\s+([a-z0-9_]+)\) ", text, flags=re.M))
+    assert default and set(default) <= cases, set(default) - cases
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_step_runs_and_is_packed_without_a_gpu(tmp_path):
+    """Without a GPU the bench refuses with its own error; the step records rc=1 and the log is packed."""
+    env = dict(os.environ, OUT=str(tmp_path / "out"), W=str(tmp_path / "w"), STEPS="bench_mlp bogus",
+               DEADLINE="60", PY=sys.executable)
+    res = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    steps = (tmp_path / "out" / "steps.log").read_text()
+    assert "end bench_mlp rc=1" in steps and "unknown step bogus" in steps, steps + res.stdout
+    assert "needs a CUDA device" in (tmp_path / "w" / "logs" / "bench_mlp.log").read_text()
+    listing = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "all.tgz")], capture_output=True, text=True,
+                             check=True).stdout
+    assert "logs/bench_mlp.log" in listing
