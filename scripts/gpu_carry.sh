@@ -11,11 +11,9 @@ mkdir -p "$(dirname "$exclude")"
 grep -qx '/.devcarry/' "$exclude" 2>/dev/null || echo '/.devcarry/' >> "$exclude"
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 rm -rf .devcarry && mkdir -p .devcarry/pylib
-for pkg in hydra omegaconf antlr4; do
-  cp -r "$site/$pkg" .devcarry/pylib/
-  cp -r "$site"/"$(ls "$site" | grep -i "^${pkg/antlr4/antlr4_python3_runtime}[-_].*dist-info$" | head -1)" .devcarry/pylib/ 2>/dev/null || true
+for entry in hydra hydra_core-*.dist-info omegaconf omegaconf-*.dist-info antlr4 antlr4_python3_runtime-*.dist-info; do
+  cp -r "$site"/$entry .devcarry/pylib/
 done
-cp -r "$site"/hydra_core-*.dist-info .devcarry/pylib/
 find .devcarry -name __pycache__ -prune -exec rm -rf {} +
 [ -d data/mnist ] && [ -d data/ptb ] || { echo "no data/: run 'source scripts/setup.sh' first" >&2; exit 1; }
 tar czhf .devcarry/data.tgz data  # -h: data/ may be a link

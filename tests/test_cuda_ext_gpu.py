@@ -368,12 +368,12 @@ def test_auto_mode_under_inference_mode_matches_the_reference(cuda_ext_module, m
     w = torch.randn(64, 96, device="cuda", requires_grad=True)
     b = torch.randn(64, device="cuda", requires_grad=True)
     gy = torch.zeros(32, 32, dtype=torch.float64)
+    scale = 2.0  # dp=2 keeps half of the tiles
     with torch.inference_mode():
         y = compact_linear(x, w, b, 2, 1)
-        yt = tile_linear(x, w, b, 2, 0, 32, scale=2.0)
+        yt = tile_linear(x, w, b, 2, 0, 32, scale=scale)
     ref = ref_compact(x.cpu(), w.detach().cpu(), b.detach().cpu(), 2, 1, 1, 0, 1.0, 1.0, False, gy)[0]
     assert (y.double().cpu() - ref).abs().max().item() < 1e-4 * ref.abs().max().item()
-    scale = 2.0  # dp=2 keeps half of the tiles
     gyt = torch.zeros(32, 64, dtype=torch.float64)
     ref_t = ref_tile(x.cpu(), w.detach().cpu(), b.detach().cpu(), 2, 0, 32, scale, False, gyt)[0]
     assert (yt.double().cpu() - ref_t).abs().max().item() < 1e-4 * ref_t.abs().max().item()
