@@ -515,6 +515,11 @@ def machine_info(trainer=None) -> dict:
     cuda = torch.cuda.is_available()
     commit = _git("rev-parse", "HEAD")
     dirty = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    if commit is None and os.environ.get("ARDROP_GIT_COMMIT"):
+        # A copy of the checkout without .git (a lent GPU machine): the commit it was copied
+        # from, as scripts/gpu_carry.sh recorded it, so the summary still names its code.
+        commit, _, flag = os.environ["ARDROP_GIT_COMMIT"].partition("+")
+        dirty = flag == "dirty"
     return {
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),

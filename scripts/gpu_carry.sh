@@ -17,5 +17,8 @@ done
 find .devcarry -name __pycache__ -prune -exec rm -rf {} +
 [ -d data/mnist ] && [ -d data/ptb ] || { echo "no data/: run 'source scripts/setup.sh' first" >&2; exit 1; }
 tar czhf .devcarry/data.tgz data  # -h: data/ may be a link
+# The copy there has no .git: record the commit (and whether tracked files differ from it)
+# for the run summaries (ARDROP_GIT_COMMIT, read by callbacks/run_summary.py).
+echo "$(git rev-parse HEAD)$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo +dirty)" > .devcarry/git_commit
 du -sh .devcarry/* | sed 's/^/  /'
 echo "carry .devcarry; run: bash scripts/gpu_check.sh"

@@ -21,6 +21,7 @@ STEPS=${STEPS:-"build pytest_gpu bench_mlp t1_4096_07 t2_lstm3_07 t2_lstm3_07_gr
 PY=${PY:-python3}
 W=${W:-/tmp/ardrop_gpu}; mkdir -p "$W/logs" "$W/sw"
 [ -d .devcarry/pylib ] && export PYTHONPATH="$PWD/.devcarry/pylib:$PWD"
+[ -f .devcarry/git_commit ] && export ARDROP_GIT_COMMIT=$(cat .devcarry/git_commit)
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 export ARDROP_CUDA_CACHE=${ARDROP_CUDA_CACHE:-/tmp/ardrop_cuda_cache}
 TR="trainer=gpu trainer.enable_progress_bar=false"

@@ -190,6 +190,23 @@ def test_cpu_share_counts_other_work_only():
     assert blind.cores() is None  # no /proc/stat: unknown, not zero
 
 
+def test_summary_names_the_commit_of_a_copy_without_git(monkeypatch):
+    """A lent GPU machine gets a copy of the checkout without .git; its summaries must still name the code."""
+    from callbacks import run_summary
+
+    monkeypatch.setattr(run_summary, "REPO", run_summary.Path("/nonexistent-checkout"))
+    monkeypatch.delenv("ARDROP_GIT_COMMIT", raising=False)
+    assert run_summary.machine_info()["git_commit"] is None
+    monkeypatch.setenv("ARDROP_GIT_COMMIT", "0123abcd+dirty")
+    info = run_summary.machine_info()
+    assert (info["git_commit"], info["git_dirty"]) == ("0123abcd", True)
+    monkeypatch.setenv("ARDROP_GIT_COMMIT", "0123abcd")
+    assert run_summary.machine_info()["git_dirty"] is False
+    monkeypatch.undo()  # a real checkout: git wins over the variable
+    monkeypatch.setenv("ARDROP_GIT_COMMIT", "0123abcd")
+    assert run_summary.machine_info()["git_commit"] != "0123abcd"
+
+
 def test_gpu_training_time_waits_for_queued_kernels(monkeypatch, tmp_path):
     """CUDA work is asynchronous: the clock must wait for it at train end and validation start."""
     from types import SimpleNamespace
