@@ -69,6 +69,9 @@ for s in $STEPS; do
     t1_4096_05) sweep t1_4096_05 170 experiment=table1 model=mlp_4096x4096 rate=0.5 seed=0 ;;
     t2_lstm3_07) sweep t2_lstm3_07 150 experiment=table2 model=lstm3 rate=0.7 seed=0 ;;
     t2_lstm3_05) sweep t2_lstm3_05 150 experiment=table2 model=lstm3 rate=0.5 seed=0 ;;
+    t1_2048_07) sweep t1_2048_07 170 experiment=table1 model=mlp_2048x2048 rate=0.7 seed=0 ;;
+    t2_lstm3_05_tile) sweep t2_lstm3_05_tile 90 experiment=table2 model=lstm3 rate=0.5 seed=0 dropout=tile ;;
+    t2_lstm2_07) sweep t2_lstm2_07 150 experiment=table2 model=lstm2 rate=0.7 seed=0 ;;
     t2_lstm3_07_groups1) sweep t2_lstm3_07_groups1 120 experiment=table2 model=lstm3 rate=0.7 seed=0 dropout=row,tile dropout.groups=1 ;;
     *) echo "unknown step $s" | tee -a "$OUT/steps.log" ;;
   esac
