@@ -635,6 +635,25 @@ def test_learning_table_reads_real_runs(sweeps):
     assert row[-1] in ("✓", "✗")  # 2 steps: not judged here, but not "too short"
 
 
+def test_a_failed_variant_does_not_rename_the_usable_rows(sweeps, tmp_path):
+    """A diverged run with other groups is listed under its own name; the tested rows keep their plain names."""
+    docs = [d for d in _summaries(sweeps["fig6"]) if d["status"] in ("tested", "fit")]
+    approx = next(d for d in docs if d["choices"]["dropout"] in ("row", "tile"))
+    failed = copy.deepcopy(approx)
+    failed.update(status="failed", error="TrainingDiverged: training diverged at step 3", run_id="diverged")
+    failed["choices"]["groups"] = "other-groups"
+    for i, d in enumerate(docs + [failed]):
+        (tmp_path / f"{i}.json").write_text(json.dumps(d))
+    from ardrop.report import find_summaries, label_variants
+    runs, _ = find_summaries([tmp_path])
+    label_variants(runs)
+    kind = approx["choices"]["dropout"]
+    assert {r.variant for r in runs if r.status != "failed" and r.kind == kind} == {kind}
+    assert [r.variant for r in runs if r.status == "failed"] == [f"{kind} (groups=other-groups, "
+                                                                    f"{approx['choices']['search']['method']}, "
+                                                                    f"N={approx['choices']['search']['max_dp']})"]
+
+
 def test_report_notes_a_run_collected_before_its_test(sweeps, tmp_path):
     """A summary copied while its run was still testing says so, instead of silently empty test columns."""
     doc = _summaries(sweeps["fig6"])[0]

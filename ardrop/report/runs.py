@@ -216,13 +216,16 @@ def label_variants(runs: list[Run]) -> None:
     """`bernoulli`, `row`, `tile`; qualified by groups / search only where runs of one kind differ in them.
 
     Per model family: the MLP and the LSTM default to different groups, and their runs
-    never share a table.
+    never share a table. Only usable runs count: a failed run of another variant (one that
+    diverged, say) is only listed, so it must not rename every row of the tables; it gets
+    the qualified name itself, where it differs from the usable runs.
     """
     details = defaultdict(set)
     for r in runs:
-        details[r.family, r.kind].add(_detail(r))
+        if r.status in USABLE:
+            details[r.family, r.kind].add(_detail(r))
     for r in runs:
-        if r.kind in ("row", "tile") and len(details[r.family, r.kind]) > 1:
+        if r.kind in ("row", "tile") and len(details[r.family, r.kind] | {_detail(r)}) > 1:
             g, method, n = _detail(r)
             r.variant = f"{r.kind} (groups={g}, {method}, N={n})"
         else:

@@ -77,18 +77,28 @@ def _sections(cells, header: list[str], row, experiment: str) -> list[str]:
     return out
 
 
+_TESTED_AS = ("as each run tested it: the best-validation checkpoint under the default `test_ckpt=best`, the last "
+              "weights under `test_ckpt=last`; each protocol line says which")
+
+
+def _comparable_cells(runs: list[Run], family: str, notes: list[str]):
+    """Cells with a Bernoulli run and at least one approximate variant: the only ones a table row can compare."""
+    return [c for c in build_cells(runs, family, notes) if "bernoulli" in c.runs and c.approx_variants()]
+
+
+def _preamble(title: str, intro: str, metric: str, target: str) -> list[str]:
+    return [f"# {title}", "", intro, "", _DEFINITIONS.format(metric=metric, target=target), ""]
+
+
 def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -> str | None:
-    cells = [c for c in build_cells(runs, "mlp", notes) if "bernoulli" in c.runs and c.approx_variants()]
+    cells = _comparable_cells(runs, "mlp", notes)
     if not cells:
         return None
     target = (f"{100 * target_acc:.2f}% accuracy" if target_acc is not None
               else "the lower of the two runs' best validation accuracies")
-    out = ["# Table 1: MNIST MLPs, approximate vs Bernoulli dropout", "",
-           "Our runs (test accuracy as each run tested it: the best-validation checkpoint under the default "
-           "`test_ckpt=best`, the last weights under `test_ckpt=last`; each protocol line says which) next to the "
-           "paper's Table 1 (Caffe, GPU, "
-           "60K iterations; each paper row has its own Bernoulli run).", "",
-           _DEFINITIONS.format(metric="accuracy (pp)", target=target), ""]
+    out = _preamble("Table 1: MNIST MLPs, approximate vs Bernoulli dropout",
+                    f"Our runs (test accuracy {_TESTED_AS}) next to the paper's Table 1 (Caffe, GPU, 60K iterations; "
+                    "each paper row has its own Bernoulli run).", "accuracy (pp)", target)
     header = ["rate", "size", "kind", "Bernoulli acc %", "approx acc %", "Δ pp", "speedup", "step x",
               "Δ pp at equal time", "time-to-target x", "paper Bernoulli %", "paper approx % (Δ)", "paper speedup"]
 
@@ -110,19 +120,16 @@ def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -
 
 
 def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -> str | None:
-    cells = [c for c in build_cells(runs, "lstm", notes) if "bernoulli" in c.runs and c.approx_variants()]
+    cells = _comparable_cells(runs, "lstm", notes)
     if not cells:
         return None
     target = (f"perplexity {target_ppl:g}" if target_ppl is not None
               else "the higher of the two runs' best validation perplexities")
-    out = ["# Table 2: PTB word LSTM language models, approximate vs Bernoulli dropout", "",
-           "Our runs (test perplexity and word accuracy as each run tested it: the best-validation checkpoint "
-           "under the default `test_ckpt=best`, the last weights under `test_ckpt=last`; each protocol line says "
-           "which) next to the paper's "
-           "Table 2 (Caffe, GPU, 110K iterations on an 8.8K-word corpus, 1000 units per layer). The paper's LM "
-           "score is not perplexity (its formula was lost; lower is better, an untrained model scores about 105); "
-           "compare it only as approximate vs Bernoulli.", "",
-           _DEFINITIONS.format(metric="perplexity", target=target), ""]
+    out = _preamble("Table 2: PTB word LSTM language models, approximate vs Bernoulli dropout",
+                    f"Our runs (test perplexity and word accuracy {_TESTED_AS}) next to the paper's Table 2 (Caffe, "
+                    "GPU, 110K iterations on an 8.8K-word corpus, 1000 units per layer). The paper's LM score is not "
+                    "perplexity (its formula was lost; lower is better, an untrained model scores about 105); compare "
+                    "it only as approximate vs Bernoulli.", "perplexity", target)
     header = ["layers x units", "rate", "kind", "Bernoulli test ppl", "approx test ppl", "ppl ratio",
               "Bernoulli word acc %", "approx word acc %", "Δ pp", "speedup", "step x", "Δ val ppl at equal time",
               "time-to-target x", "paper score B / approx", "paper acc % B / approx", "paper speedup"]
