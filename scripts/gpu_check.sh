@@ -8,6 +8,7 @@
 #   bash scripts/gpu_carry.sh            # here: .devcarry/ (packages the image may lack, data)
 #   bash scripts/gpu_check.sh            # there, from the checkout's root; OUT defaults to gpu_out/
 #   STEPS="build pytest_gpu bench_mlp" bash scripts/gpu_check.sh    # a subset, in this order
+#   STEPS="build sweep:table1:mlp_1024x64:0.5" bash scripts/gpu_check.sh   # any seed-0 sweep
 #
 # Collect the runs afterwards with
 #   python -m ardrop.report <unpacked sw/...> --out /tmp/x --collect docs/results/runs
@@ -17,7 +18,10 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-540}
-STEPS=${STEPS:-"build pytest_gpu bench_mlp t1_4096_07 t2_lstm3_07 t2_lstm3_07_groups1 bench_mlp_b1024 bench_lstm pytest_loader"}
+# Sessions 25-26 ran the named sweeps below, the batch-1024 bench, groups=1 and the loader
+# tests; the defaults now go for the GPU rows not yet run. `sweep:EXPERIMENT:MODEL:RATE` is
+# any seed-0 sweep of an experiment config (Bernoulli, row and tile).
+STEPS=${STEPS:-"build pytest_gpu bench_lstm sweep:table2:lstm3:0.3 sweep:table2:lstm2:0.5 sweep:table1:mlp_1024x1024:0.7 sweep:table1:mlp_2048x2048:0.5"}
 PY=${PY:-python3}
 W=${W:-/tmp/ardrop_gpu}; mkdir -p "$W/logs" "$W/sw"
 [ -d .devcarry/pylib ] && export PYTHONPATH="$PWD/.devcarry/pylib:$PWD"
@@ -73,6 +77,8 @@ for s in $STEPS; do
     t2_lstm3_05_tile) sweep t2_lstm3_05_tile 90 experiment=table2 model=lstm3 rate=0.5 seed=0 dropout=tile ;;
     t2_lstm2_07) sweep t2_lstm2_07 150 experiment=table2 model=lstm2 rate=0.7 seed=0 ;;
     t2_lstm3_07_groups1) sweep t2_lstm3_07_groups1 120 experiment=table2 model=lstm3 rate=0.7 seed=0 dropout=row,tile dropout.groups=1 ;;
+    sweep:*:*:*) IFS=: read -r _ exp model rate <<< "$s"
+      sweep "${exp}_${model}_${rate}" 170 experiment="$exp" model="$model" rate="$rate" seed=0 ;;
     *) echo "unknown step $s" | tee -a "$OUT/steps.log" ;;
   esac
 done

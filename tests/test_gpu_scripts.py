@@ -29,7 +29,13 @@ def test_every_default_step_has_a_case():
     text = SCRIPT.read_text()
     default = re.search(r'STEPS=\$\{STEPS:-"([^"]+)"\}', text).group(1).split()
     cases = set(re.findall(r"^\s+([a-z0-9_]+)\) ", text, flags=re.M))
-    assert default and set(default) <= cases, set(default) - cases
+    generic = re.compile(r"sweep:(table1|table2|fig5|fig6):[a-z0-9_]+:0\.[0-9]+")
+    assert default and {s for s in default if not generic.fullmatch(s)} <= cases, set(default) - cases
+    for s in default:
+        if s.startswith("sweep:"):
+            _, exp, model, _ = s.split(":")
+            assert (REPO / "conf" / "experiment" / f"{exp}.yaml").exists(), s
+            assert (REPO / "conf" / "model" / f"{model}.yaml").exists(), s
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -44,3 +50,16 @@ def test_a_step_runs_and_is_packed_without_a_gpu(tmp_path):
     listing = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "all.tgz")], capture_output=True, text=True,
                              check=True).stdout
     assert "logs/bench_mlp.log" in listing
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_generic_sweep_step_reaches_the_trainer(tmp_path):
+    """`sweep:EXPERIMENT:MODEL:RATE` becomes that experiment's trainer=gpu multirun, named after its parts."""
+    env = dict(os.environ, OUT=str(tmp_path / "out"), W=str(tmp_path / "w"), STEPS="sweep:table1:mlp_1024x64:0.5",
+               DEADLINE="120", PY=sys.executable)
+    res = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
+    steps = (tmp_path / "out" / "steps.log").read_text()
+    assert "end table1_mlp_1024x64_0.5 rc=1" in steps, steps + res.stdout
+    log = (tmp_path / "w" / "logs" / "table1_mlp_1024x64_0.5.log").read_text()
+    assert "rate=0.5" in log and "model=mlp_1024x64" in log and "trainer=gpu" in log, log[-2000:]
+
