@@ -18,9 +18,10 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-540}
-# Sessions 25-26 ran the named sweeps below, the batch-1024 bench, groups=1 and the loader
-# tests; the defaults now go for the GPU rows not yet run. `sweep:EXPERIMENT:MODEL:RATE` is
-# any seed-0 sweep of an experiment config (Bernoulli, row and tile).
+# Sessions 25-26 ran the MLP bench (also at batch 1024), groups=1, the loader tests and
+# seed-0 sweeps; the defaults now go for the GPU rows not yet run. `sweep:EXPERIMENT:MODEL:RATE`
+# is any seed-0 sweep of an experiment config (Bernoulli, row and tile); the named sweeps
+# below add overrides that form cannot carry.
 STEPS=${STEPS:-"build pytest_gpu bench_lstm sweep:table2:lstm3:0.3 sweep:table2:lstm2:0.5 sweep:table1:mlp_1024x1024:0.7 sweep:table1:mlp_2048x2048:0.5"}
 PY=${PY:-python3}
 W=${W:-/tmp/ardrop_gpu}; mkdir -p "$W/logs" "$W/sw"
@@ -69,13 +70,7 @@ for s in $STEPS; do
     bench_mlp) step bench_mlp 90 $PY -m ardrop.bench --device cuda --json "$W/logs/bench_mlp.json" ;;
     bench_mlp_b1024) step bench_mlp_b1024 90 $PY -m ardrop.bench --device cuda --batch-size 1024 --json "$W/logs/bench_mlp_b1024.json" ;;
     bench_lstm) step bench_lstm 90 $PY -m ardrop.bench --device cuda --models lstm3 --rates 0.5,0.7 --json "$W/logs/bench_lstm.json" ;;
-    t1_4096_07) sweep t1_4096_07 170 experiment=table1 model=mlp_4096x4096 rate=0.7 seed=0 ;;
-    t1_4096_05) sweep t1_4096_05 170 experiment=table1 model=mlp_4096x4096 rate=0.5 seed=0 ;;
-    t2_lstm3_07) sweep t2_lstm3_07 150 experiment=table2 model=lstm3 rate=0.7 seed=0 ;;
-    t2_lstm3_05) sweep t2_lstm3_05 150 experiment=table2 model=lstm3 rate=0.5 seed=0 ;;
-    t1_2048_07) sweep t1_2048_07 170 experiment=table1 model=mlp_2048x2048 rate=0.7 seed=0 ;;
     t2_lstm3_05_tile) sweep t2_lstm3_05_tile 90 experiment=table2 model=lstm3 rate=0.5 seed=0 dropout=tile ;;
-    t2_lstm2_07) sweep t2_lstm2_07 150 experiment=table2 model=lstm2 rate=0.7 seed=0 ;;
     t2_lstm3_07_groups1) sweep t2_lstm3_07_groups1 120 experiment=table2 model=lstm3 rate=0.7 seed=0 dropout=row,tile dropout.groups=1 ;;
     sweep:*:*:*) IFS=: read -r _ exp model rate <<< "$s"
       sweep "${exp}_${model}_${rate}" 170 experiment="$exp" model="$model" rate="$rate" seed=0 ;;

@@ -20,6 +20,15 @@ from conftest import REPO
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
 
 
+def _run_script(tmp_path, steps: str, deadline: int) -> tuple[str, str]:
+    """gpu_check.sh with these STEPS into tmp_path (OUT=out/, W=w/): its steps.log and stdout."""
+    env = dict(os.environ, OUT=str(tmp_path / "out"), W=str(tmp_path / "w"), STEPS=steps, DEADLINE=str(deadline),
+               PY=sys.executable)
+    res = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=deadline + 80)
+    return (tmp_path / "out" / "steps.log").read_text(), res.stdout
+
+
 def test_scripts_parse():
     for name in ("gpu_check.sh", "gpu_carry.sh"):
         subprocess.run(["bash", "-n", str(REPO / "scripts" / name)], check=True)
@@ -41,11 +50,8 @@ def test_every_default_step_has_a_case():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_a_step_runs_and_is_packed_without_a_gpu(tmp_path):
     """Without a GPU the bench refuses with its own error; the step records rc=1 and the log is packed."""
-    env = dict(os.environ, OUT=str(tmp_path / "out"), W=str(tmp_path / "w"), STEPS="bench_mlp bogus",
-               DEADLINE="60", PY=sys.executable)
-    res = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    steps = (tmp_path / "out" / "steps.log").read_text()
-    assert "end bench_mlp rc=1" in steps and "unknown step bogus" in steps, steps + res.stdout
+    steps, stdout = _run_script(tmp_path, "bench_mlp bogus", deadline=60)
+    assert "end bench_mlp rc=1" in steps and "unknown step bogus" in steps, steps + stdout
     assert "needs a CUDA device" in (tmp_path / "w" / "logs" / "bench_mlp.log").read_text()
     listing = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "all.tgz")], capture_output=True, text=True,
                              check=True).stdout
@@ -55,11 +61,7 @@ def test_a_step_runs_and_is_packed_without_a_gpu(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_a_generic_sweep_step_reaches_the_trainer(tmp_path):
     """`sweep:EXPERIMENT:MODEL:RATE` becomes that experiment's trainer=gpu multirun, named after its parts."""
-    env = dict(os.environ, OUT=str(tmp_path / "out"), W=str(tmp_path / "w"), STEPS="sweep:table1:mlp_1024x64:0.5",
-               DEADLINE="120", PY=sys.executable)
-    res = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=200)
-    steps = (tmp_path / "out" / "steps.log").read_text()
-    assert "end table1_mlp_1024x64_0.5 rc=1" in steps, steps + res.stdout
+    steps, stdout = _run_script(tmp_path, "sweep:table1:mlp_1024x64:0.5", deadline=120)
+    assert "end table1_mlp_1024x64_0.5 rc=1" in steps, steps + stdout
     log = (tmp_path / "w" / "logs" / "table1_mlp_1024x64_0.5.log").read_text()
     assert "rate=0.5" in log and "model=mlp_1024x64" in log and "trainer=gpu" in log, log[-2000:]
-
