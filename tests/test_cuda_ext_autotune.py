@@ -84,7 +84,6 @@ def test_dispatch_uses_the_choice(monkeypatch):
         return _torch_compact(x2, weight, bias, *args)
 
     monkeypatch.setattr(common, "cuda_op", lambda name, x, backend: fake_kernels)
-    monkeypatch.setattr("ardrop.functional.compact.cuda_op", lambda name, x, backend: fake_kernels)
     monkeypatch.setattr(loader, "env_mode", lambda: "auto")
     for verdict in (TORCH, KERNELS):
         seq = iter([1.0, 2.0] if verdict == KERNELS else [2.0, 1.0])  # (kernels ms, torch ms)

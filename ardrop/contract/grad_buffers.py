@@ -64,38 +64,35 @@ def register_views(zero_region: Callable, views: Callable[[torch.Tensor, object]
     _VIEWS[zero_region] = views
 
 
-def written_views(grads: list) -> list:
-    """Per gradient, the views outside which it is exactly zero (``[g]`` when that is not known).
+def sealed_blocks(grads: list) -> list:
+    """Per gradient, ``(views, norm)``: the views outside which it is exactly zero (``[g]``
+    when that is not known) and the 2-norm its op sealed with it (a 0-d tensor, or None).
 
-    Known for ardrop's recycled buffers that were sealed by the op that wrote them and not
-    written since: a gradient norm or a clip then reads and scales only the kept block.
+    Both are known for ardrop's recycled buffers that were sealed by the op that wrote them
+    and not written since: a gradient norm or a clip then reads and scales only the kept
+    block, or nothing at all when the norm is known. One lookup serves both, since a clip
+    needs both.
     """
-    out = []
-    for g, rec in zip(grads, _sealed_records(grads)):
-        fn = _VIEWS.get(rec.region[0]) if rec is not None else None
-        views = fn(g, rec.region[1]) if fn is not None else None
-        out.append([g] if views is None else [v for v in views if v is not None])
-    return out
-
-
-def _sealed_records(grads: list) -> list:
-    """Per gradient, its buffer's record when that buffer is sealed and unwritten since, else None."""
     by_ptr = {rec.tensor.data_ptr(): rec for rec in _BUFFERS.values()}
     out = []
     for g in grads:
         rec = by_ptr.get(g.data_ptr())
         sealed = (rec is not None and rec.region is not None and rec.version == rec.tensor._version
                   and rec.tensor.shape == g.shape and rec.tensor.stride() == g.stride())
-        out.append(rec if sealed else None)
+        fn = _VIEWS.get(rec.region[0]) if sealed else None
+        views = fn(g, rec.region[1]) if fn is not None else None
+        out.append(([g] if views is None else [v for v in views if v is not None], rec.norm if sealed else None))
     return out
 
 
-def known_norms(grads: list) -> list:
-    """Per gradient, the 2-norm its op sealed with it (a 0-d tensor), or None when not known.
+def written_views(grads: list) -> list:
+    """Per gradient, the views outside which it is exactly zero (see `sealed_blocks`)."""
+    return [views for views, _ in sealed_blocks(grads)]
 
-    Known while the buffer is sealed and unwritten since (as for `written_views`).
-    """
-    return [None if rec is None else rec.norm for rec in _sealed_records(grads)]
+
+def known_norms(grads: list) -> list:
+    """Per gradient, the 2-norm its op sealed with it, or None when not known (see `sealed_blocks`)."""
+    return [norm for _, norm in sealed_blocks(grads)]
 
 
 def reseal(grads: list) -> None:

@@ -1,9 +1,9 @@
 """Argument checks and backend dispatch shared by the skip-the-dropped-work ops.
 
 Holds: the argument checks, the CUDA operator table and dispatch (``cuda_op``,
-``kernels_win``) and ``autocast_linear``. Imports: torch and stdlib; inside functions,
+``kernels_win``, ``run_kernels``) and ``autocast_linear``. Imports: torch and stdlib; inside functions,
 on first use, cuda_ext and ``ardrop.functional.kernel_check`` (the dispatch) and the
-LazySGD flush (``autocast_linear``).
+LazySGD flush (``run_kernels``, ``autocast_linear``).
 
 The checks run before any kernel so that a wrong shape or pattern fails with a message
 that names the fix, instead of a BLAS size error deep inside backward. They are the one
@@ -134,6 +134,23 @@ def kernels_win(name: str, op, torch_op, x, weight, bias, *args) -> bool:
                 autotune.forward_backward(torch_op, x, weight, bias, *args))
 
     return autotune.AUTOTUNE.choose(key, make_runs, loader.env_mode()) == autotune.KERNELS
+
+
+def run_kernels(name: str, tune_name: str, torch_op, x2, weight, bias, args: tuple, backend: str):
+    """This call's result from the cuda_ext kernels, or None when the eager torch path should run.
+
+    Why one place: both ops take the kernels on the same terms (`cuda_op`, then `kernels_win`)
+    and the kernels read the stored weights, so a LazySGD's pending update is folded in
+    first (``before_read`` with no region: a dense read).
+    """
+    op = cuda_op(name, x2, backend)
+    if op is None or not kernels_win(tune_name, op, torch_op, x2, weight, bias, *args):
+        return None
+    from ardrop.contract.param_reads import before_read
+
+    before_read(weight, None)
+    before_read(bias, None)
+    return op(x2, weight, bias, *args)
 
 
 _AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)  # float64 stays as it is, as in torch.autocast

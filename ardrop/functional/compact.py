@@ -24,8 +24,7 @@ from ardrop.functional._common import (
     check_linear_args,
     check_pattern,
     check_scale,
-    cuda_op,
-    kernels_win,
+    run_kernels,
 )
 from ardrop.contract import grad_buffers
 from ardrop.contract.grad_buffers import gradient_buffer, register_views, seal
@@ -171,16 +170,9 @@ def compact_linear(
     relu = bool(relu)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, n_in)
-    op = cuda_op("compact_linear_cuda", x, backend)
-    if op is not None:
-        args = (out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu)
-        if not kernels_win("compact", op, _torch_compact, x2, weight, bias, *args):
-            op = None
-    if op is not None:  # the kernels read stored weights: a LazySGD keeps them current (dense steps)
-        before_read(weight, None)
-        before_read(bias, None)
-        y = op(x2, weight, bias, out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu)
-    else:
+    y = run_kernels("compact_linear_cuda", "compact", _torch_compact, x2, weight, bias,
+                    (out_dp, out_offset, in_dp, in_offset, in_scale, out_scale, relu), backend)
+    if y is None:
         # A LazySGD learns where this step's gradient lives, and hands back its pending update.
         w_cur = before_read(weight, rows_region(out_dp, out_offset, in_dp, in_offset))
         b_cur = before_read(bias, rows_region(out_dp, out_offset))

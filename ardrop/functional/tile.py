@@ -27,8 +27,7 @@ from ardrop.functional._common import (
     check_int,
     check_linear_args,
     check_scale,
-    cuda_op,
-    kernels_win,
+    run_kernels,
 )
 from ardrop.contract import grad_buffers
 from ardrop.contract.grad_buffers import gradient_buffer, register_views, seal
@@ -278,16 +277,8 @@ def tile_linear(
     relu = bool(relu)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_features)
-    op = cuda_op("tile_linear_cuda", x, backend)
-    if op is not None:
-        args = (dp, offset, tile, scale, relu)
-        if not kernels_win("tile", op, _torch_tile, x2, weight, bias, *args):
-            op = None
-    if op is not None:  # the kernels read stored weights: a LazySGD keeps them current (dense steps)
-        before_read(weight, None)
-        before_read(bias, None)
-        y = op(x2, weight, bias, dp, offset, tile, scale, relu)
-    else:
+    y = run_kernels("tile_linear_cuda", "tile", _torch_tile, x2, weight, bias, (dp, offset, tile, scale, relu), backend)
+    if y is None:  # the eager torch path: a LazySGD learns where this step's gradient lives
         w_cur = before_read(weight, tile_region(out_features, in_features, tile, dp, offset))
         b_cur = before_read(bias, DENSE)
         y = _TileLinear.apply(x2, weight, bias, dp, offset, tile, scale, relu, w_cur, b_cur)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import torch
 
 from ardrop.contract import grad_buffers
-from ardrop.contract.grad_buffers import known_norms, reseal, written_views
+from ardrop.contract.grad_buffers import reseal, sealed_blocks
 
 
 def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0,
@@ -38,7 +38,8 @@ def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm:
     max_norm, norm_type = float(max_norm), float(norm_type)
     if not grads:
         return torch.tensor(0.0)
-    views = written_views(grads)
+    blocks = sealed_blocks(grads)
+    views = [vs for vs, _ in blocks]
     flat = [v for vs in views for v in vs]
     if norm_type == math.inf:
         norms = [v.detach().abs().max() if v.numel() else v.new_zeros(()) for v in flat]
@@ -46,7 +47,7 @@ def clip_grad_norm_(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm:
     else:
         carried = [None] * len(grads)
         if norm_type == 2.0:
-            carried = known_norms(grads)
+            carried = [n for _, n in blocks]
             grad_buffers.want_norms()
         norms = []
         for vs, n in zip(views, carried):
