@@ -145,12 +145,15 @@ def fig6(runs: list[Run], path: Path, rate: float, notes: list[str]) -> str | No
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     variants = []
+    seeds = list(dict.fromkeys(str(r.seed) for r in rs))
+    styles = ("-", "--", ":", "-.")  # a variant keeps its colour; each seed its own line style
     for r in rs:
         if r.variant not in variants:
             variants.append(r.variant)
         i = variants.index(r.variant)
         t, v = zip(*r.curve("val_ppl"))
-        ax.plot(t, v, marker="o", markersize=3, color=kind_color(r.variant, i), label=f"{r.variant}, seed {r.seed}")
+        ax.plot(t, v, marker="o", markersize=3, color=kind_color(r.variant, i),
+                linestyle=styles[seeds.index(str(r.seed)) % len(styles)], label=f"{r.variant}, seed {r.seed}")
     ax.set(xlabel="training wall time (s, validation excluded)", ylabel="validation perplexity",
            title=f"Fig. 6 — LSTM {key[1]}, rate {rate:g}, protocol {key[0]}")
     ax.grid(alpha=0.3)
