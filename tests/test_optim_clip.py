@@ -62,7 +62,7 @@ def test_single_pattern_reads_only_the_written_blocks_and_keeps_the_buffer_seale
     for kind in ("row", "tile"):
         model = _grads(kind, 1, dps=(4, 4))
         w = model.hidden[1].weight
-        (views,) = _grad_buffers.written_views([w.grad])
+        ((views, _),) = _grad_buffers.sealed_blocks([w.grad])
         covered = sum(v.numel() for v in views)
         assert covered < w.numel() / 2, (kind, covered, w.numel())
         clip_grad_norm_(model.parameters(), 1e-6)
@@ -75,7 +75,7 @@ def test_a_gradient_written_elsewhere_is_read_whole():
     w = model.hidden[1].weight
     with torch.no_grad():
         w.grad[0::4].add_(1.0)  # someone else wrote it: its zeros are no longer known
-    (views,) = _grad_buffers.written_views([w.grad])
+    ((views, _),) = _grad_buffers.sealed_blocks([w.grad])
     assert len(views) == 1 and views[0] is w.grad
 
 
@@ -107,7 +107,7 @@ def test_norms_sealed_by_the_ops_equal_torch(kind, groups, max_norm, monkeypatch
     clip_grad_norm_(_grads(kind, groups).parameters(), 1e3)  # the first clip asks for the norms
     assert _grad_buffers.norms_wanted
     model = _grads(kind, groups, dps=(2, 3), seed=1)
-    carried = _grad_buffers.known_norms([p.grad for p in model.parameters()])
+    carried = [n for _, n in _grad_buffers.sealed_blocks([p.grad for p in model.parameters()])]
     if groups == 1:  # at least the two hidden weights whose ops drop their blocks
         assert sum(n is not None for n in carried) >= 2, carried
     ref = [p.grad.clone() for p in model.parameters()]
@@ -121,4 +121,4 @@ def test_norms_sealed_by_the_ops_equal_torch(kind, groups, max_norm, monkeypatch
         assert torch.allclose(p.grad, g, rtol=1e-12, atol=1e-15)
     # a scaled gradient's old norm is stale: dropped
     if max_norm < 1 and groups == 1:
-        assert all(n is None for n in _grad_buffers.known_norms([p.grad for p in model.parameters()]))
+        assert all(n is None for _, n in _grad_buffers.sealed_blocks([p.grad for p in model.parameters()]))

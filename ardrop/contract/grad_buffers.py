@@ -48,7 +48,7 @@ norms_wanted = False  # set by the first gradient-norm clip: ops then seal their
 
 
 def want_norms() -> None:
-    """Ask the ops to hand over each sealed block's 2-norm from now on (`known_norms`).
+    """Ask the ops to hand over each sealed block's 2-norm from now on (`sealed_blocks`).
 
     Why: an op has its weight-gradient block in cache (compact, before the scatter into the
     full-size buffer) when it writes it; a clip that reads the written views afterwards
@@ -83,16 +83,6 @@ def sealed_blocks(grads: list) -> list:
         views = fn(g, rec.region[1]) if fn is not None else None
         out.append(([g] if views is None else [v for v in views if v is not None], rec.norm if sealed else None))
     return out
-
-
-def written_views(grads: list) -> list:
-    """Per gradient, the views outside which it is exactly zero (see `sealed_blocks`)."""
-    return [views for views, _ in sealed_blocks(grads)]
-
-
-def known_norms(grads: list) -> list:
-    """Per gradient, the 2-norm its op sealed with it, or None when not known (see `sealed_blocks`)."""
-    return [norm for _, norm in sealed_blocks(grads)]
 
 
 def reseal(grads: list) -> None:

@@ -1,9 +1,9 @@
 """Argument checks and backend dispatch shared by the skip-the-dropped-work ops.
 
 Holds: the argument checks, the CUDA operator table and dispatch (``cuda_op``,
-``kernels_win``, ``run_kernels``) and ``autocast_linear``. Imports: torch and stdlib; inside functions,
-on first use, cuda_ext and ``ardrop.functional.kernel_check`` (the dispatch) and the
-LazySGD flush (``run_kernels``, ``autocast_linear``).
+``kernels_win``, ``run_kernels``) and ``autocast_linear``. Imports: torch, stdlib and
+``ardrop.contract.param_reads`` (the LazySGD reads, below the ops); inside functions, on first
+use, cuda_ext and ``ardrop.functional.kernel_check`` (the dispatch).
 
 The checks run before any kernel so that a wrong shape or pattern fails with a message
 that names the fix, instead of a BLAS size error deep inside backward. They are the one
@@ -16,6 +16,8 @@ import math
 from collections.abc import Callable
 
 import torch
+
+from ardrop.contract.param_reads import before_read, flush_params
 
 BACKENDS = ("auto", "torch")
 
@@ -146,8 +148,6 @@ def run_kernels(name: str, tune_name: str, torch_op, x2, weight, bias, args: tup
     op = cuda_op(name, x2, backend)
     if op is None or not kernels_win(tune_name, op, torch_op, x2, weight, bias, *args):
         return None
-    from ardrop.contract.param_reads import before_read
-
     before_read(weight, None)
     before_read(bias, None)
     return op(x2, weight, bias, *args)
@@ -173,8 +173,6 @@ def autocast_linear(fn):
         if not (isinstance(x, torch.Tensor) and torch.is_autocast_enabled(device)):
             return fn(x, weight, bias, *args, **kwargs)
         dtype = torch.get_autocast_dtype(device)
-        from ardrop.contract.param_reads import flush_params
-
         flush_params(weight, bias)
 
         def cast(t):
