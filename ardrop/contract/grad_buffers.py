@@ -73,10 +73,8 @@ def sealed_blocks(grads: list) -> list:
     block, or nothing at all when the norm is known. One lookup serves both, since a clip
     needs both.
     """
-    by_ptr = {rec.tensor.data_ptr(): rec for rec in _BUFFERS.values()}
     out = []
-    for g in grads:
-        rec = by_ptr.get(g.data_ptr())
+    for g, rec in zip(grads, _records(grads)):
         sealed = (rec is not None and rec.region is not None and rec.version == rec.tensor._version
                   and rec.tensor.shape == g.shape and rec.tensor.stride() == g.stride())
         fn = _VIEWS.get(rec.region[0]) if sealed else None
@@ -90,12 +88,16 @@ def reseal(grads: list) -> None:
 
     The sealed norm is dropped (the values changed); the block is still the only non-zero part.
     """
-    by_ptr = {rec.tensor.data_ptr(): rec for rec in _BUFFERS.values()}
-    for g in grads:
-        rec = by_ptr.get(g.data_ptr())
+    for rec in _records(grads):
         if rec is not None and rec.region is not None and rec.version != -1:
             rec.version = rec.tensor._version
             rec.norm = None
+
+
+def _records(grads: list) -> list:
+    """Per gradient, the record of the recycled buffer it is (matched by storage address), or None."""
+    by_ptr = {rec.tensor.data_ptr(): rec for rec in _BUFFERS.values()}
+    return [by_ptr.get(g.data_ptr()) for g in grads]
 
 
 def _storage_count(t: torch.Tensor) -> int:
