@@ -724,3 +724,37 @@ def test_fig6_prefers_the_fig6_experiment_over_a_larger_table2_group(sweeps, tmp
     assert fig6(runs, tmp_path / "fig6.png", 0.5, notes) is None
     (note,) = [n for n in notes if n.startswith("fig6.png:")]
     assert note.startswith("fig6.png: 3x16 (fig6) drawn"), note
+
+
+def test_fig6_draws_every_seed_of_a_variant_in_its_own_style(sweeps, tmp_path, monkeypatch):
+    """Five seeds used to cycle four line styles, so seed 4 was drawn exactly like seed 0."""
+    import matplotlib.axes
+
+    from ardrop.report import find_summaries
+    from ardrop.report.figures import fig6
+
+    for seed in range(5):
+        for i, d in enumerate(_summaries(sweeps["fig6"])):
+            d["config"]["seed"] = d["choices"]["seed"] = seed
+            d["run_id"] = f"fig6-{seed}-{i}"
+            (tmp_path / f"f6-{seed}-{i}.json").write_text(json.dumps(d))
+    drawn: list[tuple[str, str, str]] = []
+    plot = matplotlib.axes.Axes.plot
+
+    def recording_plot(self, *args, **kwargs):
+        lines = plot(self, *args, **kwargs)
+        drawn.extend((ln.get_label(), ln.get_linestyle(), ln.get_marker()) for ln in lines)
+        return lines
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", recording_plot)
+    runs, _ = find_summaries([tmp_path])
+    assert fig6(runs, tmp_path / "fig6.png", 0.5, []) is None
+    by_variant: dict[str, list[tuple[str, str]]] = {}
+    for label, style, marker in drawn:
+        variant, _, seed = label.partition(", seed ")
+        if seed:
+            by_variant.setdefault(variant, []).append((style, marker))
+    kinds = {d["choices"]["dropout"] for d in _summaries(sweeps["fig6"])}
+    assert len(by_variant) == len(kinds) >= 2 and all(len(v) == 5 for v in by_variant.values()), drawn
+    for variant, looks in by_variant.items():
+        assert len(set(looks)) == 5, (variant, looks)
