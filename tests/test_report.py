@@ -733,8 +733,10 @@ def test_fig6_draws_every_seed_of_a_variant_in_its_own_style(sweeps, tmp_path, m
     from ardrop.report import find_summaries
     from ardrop.report.figures import fig6
 
+    docs = _summaries(sweeps["fig6"])
     for seed in range(5):
-        for i, d in enumerate(_summaries(sweeps["fig6"])):
+        for i, d in enumerate(docs):
+            d = copy.deepcopy(d)
             d["config"]["seed"] = d["choices"]["seed"] = seed
             d["run_id"] = f"fig6-{seed}-{i}"
             (tmp_path / f"f6-{seed}-{i}.json").write_text(json.dumps(d))
@@ -754,7 +756,7 @@ def test_fig6_draws_every_seed_of_a_variant_in_its_own_style(sweeps, tmp_path, m
         variant, _, seed = label.partition(", seed ")
         if seed:
             by_variant.setdefault(variant, []).append((style, marker))
-    kinds = {d["choices"]["dropout"] for d in _summaries(sweeps["fig6"])}
+    kinds = {d["choices"]["dropout"] for d in docs}
     assert len(by_variant) == len(kinds) >= 2 and all(len(v) == 5 for v in by_variant.values()), drawn
     for variant, looks in by_variant.items():
         assert len(set(looks)) == 5, (variant, looks)
