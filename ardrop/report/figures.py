@@ -157,15 +157,12 @@ def fig6(runs: list[Run], path: Path, rate: float, notes: list[str]) -> str | No
     rs = sorted(usable[key], key=lambda r: (variant_order(r.variant), str(r.seed)))
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    variants = []
+    variants = list(dict.fromkeys(r.variant for r in rs))
     seeds = list(dict.fromkeys(str(r.seed) for r in rs))
     for r in rs:
-        if r.variant not in variants:
-            variants.append(r.variant)
-        i = variants.index(r.variant)
         t, v = zip(*r.curve("val_ppl"))
-        ax.plot(t, v, markersize=3, color=kind_color(r.variant, i), **seed_style(seeds.index(str(r.seed))),
-                label=f"{r.variant}, seed {r.seed}")
+        ax.plot(t, v, markersize=3, color=kind_color(r.variant, variants.index(r.variant)),
+                **seed_style(seeds.index(str(r.seed))), label=f"{r.variant}, seed {r.seed}")
     ax.set(xlabel="training wall time (s, validation excluded)", ylabel="validation perplexity",
            title=f"Fig. 6 — LSTM {key[1]}, rate {rate:g}, protocol {key[0]}")
     ax.grid(alpha=0.3)
