@@ -668,6 +668,26 @@ def test_report_notes_a_run_collected_before_its_test(sweeps, tmp_path):
     assert not any("not tested" in n for n in res["notes"])
 
 
+def test_collect_leaves_out_a_run_still_testing(sweeps, tmp_path):
+    """A copy taken between fit and test would keep empty test columns in docs/results/runs for good."""
+    from ardrop.report.build import collect
+    from ardrop.report.runs import find_summaries
+
+    doc = _summaries(sweeps["fig6"])[0]
+    doc["status"] = "fit"
+    doc["final"] = {k: v for k, v in doc["final"].items() if not k.startswith("test_")}
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "testing.json").write_text(json.dumps(doc))
+    untested = dict(doc, config=dict(doc["config"], test=False), run_id="f" * 32)
+    (tmp_path / "in" / "untested.json").write_text(json.dumps(untested))
+    runs, _ = find_summaries([tmp_path / "in"])
+    said = []
+    written = collect(runs, tmp_path / "out", said.append)
+    assert len(runs) == 2 and len(written) == 1 == len(list((tmp_path / "out").glob("*.json")))
+    assert json.loads(written[0].read_text())["config"]["test"] is False  # told not to test: finished as it is
+    assert any("testing.json" in s and "not tested yet" in s for s in said)
+
+
 def test_a_gpu_sweep_of_an_experiment_is_its_own_named_protocol(tmp_path):
     """trainer=gpu runs of table2 must not pool with the CPU table2 runs, nor rename them."""
     from pathlib import Path

@@ -48,14 +48,18 @@ def _slug(s) -> str:
 
 
 def collect(runs: list[Run], dest: Path, progress: Callable[[str], None] = lambda s: None) -> list[Path]:
-    """Copy each summary to ``dest/<experiment>-<model>-<variant>-r<rate>-s<seed>-<run id>.json``.
+    """Copy each finished summary to ``dest/<experiment>-<model>-<variant>-r<rate>-s<seed>-<run id>.json``.
 
     The run id in the name keeps names unique and makes a second collect of the same runs
-    rewrite the same files instead of adding copies.
+    rewrite the same files instead of adding copies. A run still testing is left out and named
+    through ``progress``: its copy would never be refreshed by the report that reads it.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, pending = [], []
     for r in runs:
+        if awaiting_test(r):
+            pending.append(r)
+            continue
         name = "-".join(_slug(x) for x in (r.experiment or "run", r.model, r.variant, f"r{r.rate_label}",
                                              f"s{r.seed}", r.run_id[:8])) + ".json"
         target = dest / name
@@ -63,7 +67,14 @@ def collect(runs: list[Run], dest: Path, progress: Callable[[str], None] = lambd
             shutil.copyfile(r.path, target)
         written.append(target)
     progress(f"collected {len(written)} summaries into {dest}")
+    for r in pending:
+        progress(f"not collected: {r.path} trained but is not tested yet; collect again once its status is tested")
     return written
+
+
+def awaiting_test(r: Run) -> bool:
+    """A summary written after fit but before test: copying it would freeze empty test columns in the copy."""
+    return r.status == "fit" and bool((r.doc.get("config") or {}).get("test", True))
 
 
 def build_report(inputs: list[str | Path], out: str | Path, *, collect_dir: str | Path | None = None,
@@ -89,7 +100,7 @@ def build_report(inputs: list[str | Path], out: str | Path, *, collect_dir: str 
             notes.append(f"{r.path}: other work kept {cores:.2f} CPU cores busy while it trained"
                          + (f" (of {of})" if of else "") + "; its training time and the speedups it enters are "
                          "not clean speed evidence")
-        if r.status == "fit" and (r.doc.get("config") or {}).get("test", True):
+        if awaiting_test(r):
             notes.append(f"{r.path}: trained but not tested yet (a run still testing, or one stopped during its "
                          "test); its test columns are empty until the run writes its summary again")
     written, skipped = [], {}

@@ -16,8 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("inputs", nargs="+", help="run directories, sweep directories (searched recursively) or "
                     "summary files, e.g. outputs/multiruns/table1 docs/results/runs")
     ap.add_argument("--out", default="docs/results", help="output directory (default: docs/results)")
-    ap.add_argument("--collect", metavar="DIR", help="also copy every summary found into DIR with a readable unique "
-                    "name (to commit them, e.g. docs/results/runs)")
+    ap.add_argument("--collect", metavar="DIR", help="also copy every finished summary found into DIR with a readable "
+                    "unique name (to commit them, e.g. docs/results/runs); runs still testing are named, not copied")
     ap.add_argument("--fig5-model", default="2048x2048", help="MLP hidden sizes drawn in fig5.png (default 2048x2048)")
     ap.add_argument("--fig6-rate", type=float, default=0.5, help="LSTM rate drawn in fig6.png (default 0.5)")
     ap.add_argument("--target-acc", type=float, help="time-to-target accuracy for Table 1, as a fraction (e.g. 0.98); "
