@@ -669,7 +669,7 @@ def test_report_notes_a_run_collected_before_its_test(sweeps, tmp_path):
 
 
 def test_collect_leaves_out_a_run_still_testing(sweeps, tmp_path):
-    """A copy taken between fit and test would keep empty test columns in docs/results/runs for good."""
+    """A copy taken between fit and test would keep empty test columns in docs/results/runs until collected again."""
     from ardrop.report.build import collect
     from ardrop.report.runs import find_summaries
 

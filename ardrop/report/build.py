@@ -52,7 +52,7 @@ def collect(runs: list[Run], dest: Path, progress: Callable[[str], None] = lambd
 
     The run id in the name keeps names unique and makes a second collect of the same runs
     rewrite the same files instead of adding copies. A run still testing is left out and named
-    through ``progress``: its copy would never be refreshed by the report that reads it.
+    through ``progress``: its copy would keep empty test columns until someone collects again.
     """
     dest.mkdir(parents=True, exist_ok=True)
     written, pending = [], []
@@ -73,7 +73,7 @@ def collect(runs: list[Run], dest: Path, progress: Callable[[str], None] = lambd
 
 
 def awaiting_test(r: Run) -> bool:
-    """A summary written after fit but before test: copying it would freeze empty test columns in the copy."""
+    """A summary written after fit but before its test, so its test columns are still empty."""
     return r.status == "fit" and bool((r.doc.get("config") or {}).get("test", True))
 
 
