@@ -57,7 +57,7 @@ def collect(runs: list[Run], dest: Path, progress: Callable[[str], None] = lambd
     dest.mkdir(parents=True, exist_ok=True)
     written, pending = [], []
     for r in runs:
-        if awaiting_test(r):
+        if r.awaiting_test:
             pending.append(r)
             continue
         name = "-".join(_slug(x) for x in (r.experiment or "run", r.model, r.variant, f"r{r.rate_label}",
@@ -70,11 +70,6 @@ def collect(runs: list[Run], dest: Path, progress: Callable[[str], None] = lambd
     for r in pending:
         progress(f"not collected: {r.path} trained but is not tested yet; collect again once its status is tested")
     return written
-
-
-def awaiting_test(r: Run) -> bool:
-    """A summary written after fit but before its test, so its test columns are still empty."""
-    return r.status == "fit" and bool((r.doc.get("config") or {}).get("test", True))
 
 
 def build_report(inputs: list[str | Path], out: str | Path, *, collect_dir: str | Path | None = None,
@@ -100,7 +95,7 @@ def build_report(inputs: list[str | Path], out: str | Path, *, collect_dir: str 
             notes.append(f"{r.path}: other work kept {cores:.2f} CPU cores busy while it trained"
                          + (f" (of {of})" if of else "") + "; its training time and the speedups it enters are "
                          "not clean speed evidence")
-        if awaiting_test(r):
+        if r.awaiting_test:
             notes.append(f"{r.path}: trained but not tested yet (a run still testing, or one stopped during its "
                          "test); its test columns are empty until the run writes its summary again")
     written, skipped = [], {}

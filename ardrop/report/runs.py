@@ -59,6 +59,11 @@ class Run:
         return str(self.doc.get("status"))
 
     @property
+    def awaiting_test(self) -> bool:
+        """Written after fit but before the test its config asks for, so its test columns are still empty."""
+        return self.status == "fit" and bool((self.doc.get("config") or {}).get("test", True))
+
+    @property
     def family(self) -> str:
         return str(self.choices.get("family"))
 
