@@ -453,6 +453,41 @@ def test_fig6_caption_speedup_is_the_time_to_target_ratio(sweeps):
     assert list(got) == ["row"] and got["row"] == pytest.approx(expected, rel=1e-9)
 
 
+def _value_at_time(curve: list[tuple[float, float]], t: float) -> float:
+    """Linear between validations, the last value after the last one (the report's equal-time rule)."""
+    assert curve and t >= curve[0][0]
+    for (t0, v0), (t1, v1) in zip(curve, curve[1:]):
+        if t <= t1:
+            return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    return curve[-1][1]
+
+
+def test_table2_figure_pairs_match_the_summaries(sweeps, tmp_path):
+    """table2.png draws each seed's pair: its speedup and equal-time perplexity difference, recomputed here."""
+    from ardrop.report import find_summaries
+    from ardrop.report.figures import table2_points
+
+    runs, _ = find_summaries([sweeps["table1"], sweeps["fig6"]])
+    notes = []
+    protocol, points = table2_points(runs, notes)
+    docs = {d["choices"]["dropout"]: d for d in _summaries(sweeps["fig6"])}
+    tb, tr = (docs[k]["timing"]["train_time_s"] for k in ("bernoulli", "row"))
+    curves = {k: sorted((p["train_time_s"], p["val_ppl"]) for p in d["curve"] if p.get("val_ppl") is not None)
+              for k, d in docs.items()}
+    t = min(tb, tr)
+    assert protocol == "fig6" and notes == [] and len(points) == 1
+    (p,) = points
+    assert (p["arch"], p["rate"], p["variant"], p["seed"]) == ("3x16", 0.5, "row", 0)
+    assert p["speedup"] == pytest.approx(tb / tr, rel=1e-12)
+    expected = _value_at_time(curves["row"], t) - _value_at_time(curves["bernoulli"], t)
+    assert p["eq_val_ppl"] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+    res = build_report([sweeps["fig6"]], tmp_path / "lstm")
+    assert (tmp_path / "lstm" / "table2.png").read_bytes().startswith(PNG_MAGIC)
+    res = build_report([sweeps["table1"]], tmp_path / "mlp")  # no LSTM runs: skipped, saying what to run
+    assert "experiment=table2" in res["skipped"]["table2.png"] and not (tmp_path / "mlp" / "table2.png").exists()
+
+
 def test_report_cli_collect_and_missing_runs(sweeps, tmp_path):
     """The command as documented: default figure choices (no 2048x2048 runs -> fig5 skipped, saying why),
     --collect copies, and a report rebuilt from the copies alone gives the same tables."""

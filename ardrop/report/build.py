@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from .figures import fig5, fig6, patterns_fig
+from .figures import fig5, fig6, patterns_fig, table2_fig
 from .learning import LEARNING_STEP, learning_fig, learning_table
 from .runs import BUSY_CORES, USABLE, Run, find_summaries
 from .tables import table1, table2
@@ -121,6 +121,7 @@ def build_report(inputs: list[str | Path], out: str | Path, *, collect_dir: str 
     for name, draw in (("fig5.png", lambda p: fig5(runs, p, fig5_arch, notes)),
                        ("learning.png", lambda p: learning_fig(runs, p, learning_step)),
                        ("fig6.png", lambda p: fig6(runs, p, fig6_rate, notes)),
+                       ("table2.png", lambda p: table2_fig(runs, p, notes)),
                        ("patterns.png", lambda p: patterns_fig(runs, p))):
         why = draw(out / name)
         if why is None:

@@ -1,4 +1,5 @@
-"""Fig. 5 (speedup and accuracy against rate), Fig. 6 (validation perplexity against wall time), P(dp) bars.
+"""Fig. 5 (speedup and accuracy against rate), Fig. 6 (validation perplexity against wall time), Table 2's
+per-seed pairs (speedup against the perplexity difference at equal time), P(dp) bars.
 
 matplotlib is imported only when a figure is drawn, so reading and tabulating runs needs
 nothing beyond the standard library.
@@ -6,12 +7,13 @@ nothing beyond the standard library.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
 from ardrop import paper_numbers as paper
 
-from .compare import Cell, Pair, build_cells, mean_std, variant_order
+from .compare import Cell, Pair, arch_order, build_cells, mean_std, variant_order
 from .runs import USABLE, Run
 
 
@@ -218,6 +220,87 @@ def patterns_fig(runs: list[Run], path: Path) -> str | None:
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7)
     fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+_RATE_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def table2_points(runs: list[Run], notes: list[str]) -> tuple[str | None, list[dict]]:
+    """Table 2's per-seed pairs: ``(protocol, [{arch, rate, variant, seed, speedup, eq_val_ppl}, ...])``.
+
+    Why per seed: a Table 2 cell is a mean over seeds, and the seeds of one cell spread
+    further (a half-epoch LSTM speedup moves by about ±0.15) than the cells differ, so
+    the figure shows each pair. The protocol with the most pairs is drawn; the others are
+    named in ``notes``.
+    """
+    cells = [c for c in build_cells(runs, "lstm", []) if "bernoulli" in c.runs and c.approx_variants()
+             and isinstance(c.rate, float)]
+    by_protocol = defaultdict(list)
+    for c in cells:
+        for v in c.approx_variants():
+            for p in c.pairs(v):
+                by_protocol[c.protocol].append({
+                    "arch": c.arch, "rate": c.rate, "variant": v, "seed": p.approx.seed,
+                    "speedup": p.speedup(), "eq_val_ppl": p.at_equal_time("val_ppl")})
+    if not by_protocol:
+        return None, []
+    protocol = max(by_protocol, key=lambda k: (len(by_protocol[k]), k))
+    if len(by_protocol) > 1:
+        notes.append(f"table2.png: protocol {protocol} drawn (most pairs); also available: "
+                     f"{', '.join(sorted(set(by_protocol) - {protocol}))}")
+    return protocol, by_protocol[protocol]
+
+
+def table2_fig(runs: list[Run], path: Path, notes: list[str]) -> str | None:
+    """Per seed, speedup against the validation-perplexity difference at equal time, one panel per LSTM size."""
+    protocol, points = table2_points(runs, notes)
+    points = [p for p in points if p["speedup"] is not None and p["eq_val_ppl"] is not None]
+    if not points:
+        return ("needs LSTM runs with Bernoulli and row/tile dropout at the same size, rate, seed and protocol, "
+                "timed on one machine and validated during training (experiment=table2)")
+    archs = sorted({p["arch"] for p in points}, key=arch_order)
+    rates = sorted({p["rate"] for p in points})
+    variants = sorted({p["variant"] for p in points}, key=variant_order)
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4.6), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        for i, v in enumerate(variants):
+            kind = v.split(" ")[0]
+            for j, rate in enumerate(rates):
+                pts = [p for p in points if p["arch"] == arch and p["variant"] == v and p["rate"] == rate]
+                if not pts:
+                    continue
+                style = {"color": kind_color(kind, i), "marker": _RATE_MARKERS[j % len(_RATE_MARKERS)]}
+                ax.scatter([p["speedup"] for p in pts], [p["eq_val_ppl"] for p in pts], s=18, alpha=0.55,
+                           **style)
+                mx, my = (mean_std([p[k] for p in pts])[0] for k in ("speedup", "eq_val_ppl"))
+                ax.scatter([mx], [my], s=110, edgecolors="black", linewidths=1.2,
+                           label=f"{v}, rate {rate:g}: mean of {len(pts)}", **style)
+                sizes = re.fullmatch(r"(\d+)x(\d+)", arch)
+                pp = (paper.TABLE2.get((int(sizes[1]), rate)) if sizes and int(sizes[2]) == paper.TABLE2_HIDDEN
+                      else None)
+                if pp and kind in pp["speedup"]:
+                    ax.axvline(pp["speedup"][kind], ymax=0.06, color=style["color"], linewidth=2)
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+        ax.axvline(1.0, color="grey", linewidth=0.8)
+        ax.set(xlabel="training-time speedup vs Bernoulli (same seed)",
+               ylabel="Δ validation perplexity at equal time", title=f"LSTM {arch}")
+        ax.grid(alpha=0.3)
+    # one legend under the panels: inside, it covered the seeds with the worst perplexity differences
+    handles, labels = {}, []
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.suptitle(f"Table 2 per seed (protocol {protocol}). Below 0: the approximate run has the lower validation "
+                 "perplexity at equal training time.\nSmall markers are seeds, large ones their means; the ticks on "
+                 "the x axis are the paper's speedups (GPU).", fontsize=9)
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * math.ceil(len(labels) / 3), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None
