@@ -34,6 +34,19 @@ def kind_color(variant: str, i: int = 0) -> str:
     return _COLORS.get(variant, f"C{3 + i}")
 
 
+def shared_legend(fig, axes) -> list[str]:
+    """One legend under all panels, each label once, in the order of ``axes``; returns the labels.
+
+    Why under the panels: inside a panel the legend covered points.
+    """
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    return list(handles)
+
+
 _SEED_LINES = ("-", "--", ":", "-.")
 _SEED_MARKERS = ("o", "s", "^", "D", "v")
 
@@ -101,11 +114,7 @@ def fig5(runs: list[Run], path: Path, arch: str, notes: list[str]) -> str | None
         ax.grid(alpha=0.3)
     # one legend under both panels (the accuracy panel has every entry but the speedup panel's paper range):
     # inside, it covered points
-    handles, labels = ax_a.get_legend_handles_labels()
-    for h, lab in zip(*ax_s.get_legend_handles_labels()):
-        if lab not in labels:
-            handles.append(h), labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    labels = shared_legend(fig, [ax_a, ax_s])
     fig.suptitle(f"Fig. 5 — MNIST MLP {arch}, protocol {protocol}", fontsize=10)
     fig.tight_layout(rect=(0, 0.07 + 0.025 * math.ceil(len(labels) / 3), 1, 1))
     fig.savefig(path, dpi=120)
@@ -289,14 +298,7 @@ def table2_fig(runs: list[Run], path: Path, notes: list[str]) -> str | None:
         ax.set(xlabel="training-time speedup vs Bernoulli (same seed)",
                ylabel="Δ validation perplexity at equal time", title=f"LSTM {arch}")
         ax.grid(alpha=0.3)
-    # one legend under the panels: inside, it covered the seeds with the worst perplexity differences
-    handles, labels = {}, []
-    for ax in axes[0]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    labels = shared_legend(fig, axes[0])  # inside, it covered the seeds with the worst perplexity differences
     fig.suptitle(f"Table 2 per seed (protocol {protocol}). Below 0: the approximate run has the lower validation "
                  "perplexity at equal training time.\nSmall markers are seeds, large ones their means; the ticks on "
                  "the x axis are the paper's speedups (GPU).", fontsize=9)
