@@ -241,9 +241,9 @@ def table2_points(runs: list[Run], notes: list[str]) -> tuple[str | None, list[d
     """Table 2's per-seed pairs: ``(protocol, [{arch, rate, variant, seed, speedup, eq_val_ppl}, ...])``.
 
     Why per seed: a Table 2 cell is a mean over seeds, and the seeds of one cell spread
-    further (a half-epoch LSTM speedup moves by about ±0.15) than the cells differ, so
-    the figure shows each pair. The protocol with the most pairs is drawn; the others are
-    named in ``notes``.
+    widely (a single half-epoch LSTM speedup moves by about ±0.15 between seeds), so the
+    figure shows each pair beside the means. The protocol with the most pairs is drawn;
+    the others are named in ``notes``.
     """
     cells = [c for c in build_cells(runs, "lstm", []) if "bernoulli" in c.runs and c.approx_variants()
              and isinstance(c.rate, float)]
