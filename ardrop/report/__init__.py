@@ -2,9 +2,9 @@
 
 Builds the paper's Table 1 / Table 2 and Figs. 5 / 6 (plus Table 2 per seed and the
 searched pattern distributions) from the runs' `summary.json` files alone, which
-`callbacks.RunSummary` writes. Why only those: they are a few kB each, so the evidence can be committed
-(`--collect docs/results/runs`) and the tables rebuilt from the copies on any machine,
-without checkpoints, TensorBoard events or Lightning. This module uses the standard
+`callbacks.RunSummary` writes. Why only those: they are a few kB each, so the evidence can
+be committed (`--collect docs/results/runs`) and the tables rebuilt from the copies on any
+machine, without checkpoints, TensorBoard events or Lightning. This module uses the standard
 library and matplotlib (imported only when a figure is drawn), nothing from the training
 stack.
 
