@@ -136,3 +136,9 @@ def build_cells(runs: list[Run], family: str, notes: list[str]) -> list[Cell]:
                 continue
         cell.runs[r.variant][r.seed] = r
     return sorted(cells.values(), key=lambda c: (c.protocol, str(c.rate_label), arch_order(c.arch)))
+
+
+def comparable_cells(runs: list[Run], family: str, notes: list[str]) -> list[Cell]:
+    """Cells with a Bernoulli run and at least one approximate variant: the only ones a comparison can use."""
+    return [c for c in build_cells(runs, family, notes) if "bernoulli" in c.runs and c.approx_variants()]
+

@@ -7,14 +7,14 @@ nothing beyond the standard library.
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from pathlib import Path
 
 from ardrop import paper_numbers as paper
 
-from .compare import Cell, Pair, arch_order, build_cells, mean_std, variant_order
+from .compare import Cell, Pair, arch_order, comparable_cells, mean_std, variant_order
 from .runs import USABLE, Run
+from .tables import paper_table2_row
 
 
 _COLORS = {"bernoulli": "tab:blue", "row": "tab:red", "tile": "tab:green"}
@@ -62,8 +62,7 @@ def seed_style(i: int) -> dict:
 
 def fig5(runs: list[Run], path: Path, arch: str, notes: list[str]) -> str | None:
     """Speedup and test accuracy against rate for one MLP size; None (and the reason) when runs are missing."""
-    cells = [c for c in build_cells(runs, "mlp", []) if c.arch == arch and isinstance(c.rate, float)
-             and "bernoulli" in c.runs and c.approx_variants()]
+    cells = [c for c in comparable_cells(runs, "mlp", []) if c.arch == arch and isinstance(c.rate, float)]
     by_protocol = defaultdict(list)
     for c in cells:
         by_protocol[c.protocol].append(c)
@@ -245,8 +244,7 @@ def table2_points(runs: list[Run], notes: list[str]) -> tuple[str | None, list[d
     figure shows each pair beside the means. The protocol with the most pairs is drawn;
     the others are named in ``notes``.
     """
-    cells = [c for c in build_cells(runs, "lstm", []) if "bernoulli" in c.runs and c.approx_variants()
-             and isinstance(c.rate, float)]
+    cells = [c for c in comparable_cells(runs, "lstm", []) if isinstance(c.rate, float)]
     by_protocol = defaultdict(list)
     for c in cells:
         for v in c.approx_variants():
@@ -288,9 +286,7 @@ def table2_fig(runs: list[Run], path: Path, notes: list[str]) -> str | None:
                 mx, my = (mean_std([p[k] for p in pts])[0] for k in ("speedup", "eq_val_ppl"))
                 ax.scatter([mx], [my], s=110, edgecolors="black", linewidths=1.2,
                            label=f"{v}, rate {rate:g}: mean of {len(pts)}", **style)
-                sizes = re.fullmatch(r"(\d+)x(\d+)", arch)
-                pp = (paper.TABLE2.get((int(sizes[1]), rate)) if sizes and int(sizes[2]) == paper.TABLE2_HIDDEN
-                      else None)
+                pp = paper_table2_row(arch, rate)
                 if pp and kind in pp["speedup"]:
                     ax.axvline(pp["speedup"][kind], ymax=0.06, color=style["color"], linewidth=2)
         ax.axhline(0.0, color="grey", linewidth=0.8)

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .compare import Pair, arch_order, build_cells, variant_order
+from .compare import Pair, arch_order, comparable_cells, variant_order
 from .figures import kind_color, pyplot
 from .markdown import fmt_num, machines_line, md_table
 from .runs import USABLE, Run
@@ -96,7 +96,7 @@ def _learning_row(c, v, p: Pair, seed: str, crit: LearningCriteria) -> list[str]
 
 def learning_table(runs: list[Run], step: int = LEARNING_STEP, warmup: int = LEARNING_WARMUP) -> str | None:
     """Issue 13's LSTM criteria per (approximate, Bernoulli) pair of the same protocol, size, rate and seed."""
-    cells = [c for c in build_cells(runs, "lstm", []) if "bernoulli" in c.runs and c.approx_variants()]
+    cells = comparable_cells(runs, "lstm", [])
     rows, all_runs = [], []
     window = min(LEARNING_WINDOW, step)
     crit = LearningCriteria(step, warmup, window)

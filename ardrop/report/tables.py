@@ -6,7 +6,7 @@ from collections import defaultdict
 
 from ardrop import paper_numbers as paper
 
-from .compare import arch_order, build_cells, mean_std
+from .compare import arch_order, comparable_cells, mean_std
 from .markdown import fmt_ms, fmt_num, machines_line, md_table, protocol_line
 from .runs import Run
 
@@ -81,9 +81,17 @@ _TESTED_AS = ("as each run tested it: the best-validation checkpoint under the d
               "weights under `test_ckpt=last`; each protocol line says which")
 
 
-def _comparable_cells(runs: list[Run], family: str, notes: list[str]):
-    """Cells with a Bernoulli run and at least one approximate variant: the only ones a table row can compare."""
-    return [c for c in build_cells(runs, family, notes) if "bernoulli" in c.runs and c.approx_variants()]
+def paper_table2_row(arch: str, rate) -> dict | None:
+    """The paper's Table 2 row for one of our LSTM sizes (``"<layers>x<units>"``) and rate; None where it has none.
+
+    Why a lookup here: the paper's rows are keyed by layer count at its one width
+    (`paper_numbers.TABLE2_HIDDEN`), ours by the size label, and both the table and
+    `figures.table2_fig` need the match.
+    """
+    sizes = re.fullmatch(r"(\d+)x(\d+)", arch)
+    if sizes is None or int(sizes[2]) != paper.TABLE2_HIDDEN or not isinstance(rate, float):
+        return None
+    return paper.TABLE2.get((int(sizes[1]), rate))
 
 
 def _preamble(title: str, intro: str, metric: str, target: str) -> list[str]:
@@ -91,7 +99,7 @@ def _preamble(title: str, intro: str, metric: str, target: str) -> list[str]:
 
 
 def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -> str | None:
-    cells = _comparable_cells(runs, "mlp", notes)
+    cells = comparable_cells(runs, "mlp", notes)
     if not cells:
         return None
     target = (f"{100 * target_acc:.2f}% accuracy" if target_acc is not None
@@ -120,7 +128,7 @@ def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -
 
 
 def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -> str | None:
-    cells = _comparable_cells(runs, "lstm", notes)
+    cells = comparable_cells(runs, "lstm", notes)
     if not cells:
         return None
     target = (f"perplexity {target_ppl:g}" if target_ppl is not None
@@ -137,13 +145,11 @@ def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -
     def row(c, v, base, approx):
         bp = mean_std([r.final("test_ppl") for r in base])
         ba = mean_std([r.final("test_acc") for r in base])
-        layers, hidden = (int(x) for x in c.arch.split("x")) if re.fullmatch(r"\d+x\d+", c.arch) else (None, None)
         ap = mean_std([r.final("test_ppl") for r in approx])
         aa = mean_std([r.final("test_acc") for r in approx])
         ratio = None if ap[0] is None or bp[0] is None else ap[0] / bp[0]
         dacc = None if aa[0] is None or ba[0] is None else 100 * (aa[0] - ba[0])
-        pp = (paper.TABLE2.get((layers, c.rate)) if hidden == paper.TABLE2_HIDDEN and isinstance(c.rate, float)
-              else None)
+        pp = paper_table2_row(c.arch, c.rate)
         kind = v.split(" ")[0]
         return [
             c.arch, c.rate_label, v, fmt_ms(*bp), fmt_ms(*ap), fmt_num(ratio, 3),
