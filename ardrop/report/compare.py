@@ -12,7 +12,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .runs import USABLE, Run
+from .runs import USABLE, Run, variant_kind
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
@@ -111,7 +111,7 @@ class Cell:
 
 
 def variant_order(v: str):
-    return ({"row": 0, "tile": 1}.get(v.split(" ")[0], 2), v)
+    return ({"row": 0, "tile": 1}.get(variant_kind(v), 2), v)
 
 
 def arch_order(arch: str):

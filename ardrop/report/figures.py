@@ -13,7 +13,7 @@ from pathlib import Path
 from ardrop import paper_numbers as paper
 
 from .compare import Cell, Pair, arch_order, comparable_cells, mean_std, variant_order
-from .runs import USABLE, Run
+from .runs import USABLE, Run, variant_kind
 from .tables import paper_table2_row
 
 
@@ -60,6 +60,18 @@ def seed_style(i: int) -> dict:
     return {"linestyle": _SEED_LINES[i % len(_SEED_LINES)], "marker": _SEED_MARKERS[i % len(_SEED_MARKERS)]}
 
 
+def _busiest_protocol(groups: dict[str, list], figure: str, what: str, notes: list[str]) -> str:
+    """The protocol with the most entries (ties: the later name); the others are named in ``notes``.
+
+    Why one protocol per figure: runs of different protocols (budgets, defaults) are not comparable.
+    """
+    protocol = max(groups, key=lambda p: (len(groups[p]), p))
+    if len(groups) > 1:
+        notes.append(f"{figure}: protocol {protocol} drawn (most {what}); also available: "
+                     f"{', '.join(sorted(set(groups) - {protocol}))}")
+    return protocol
+
+
 def fig5(runs: list[Run], path: Path, arch: str, notes: list[str]) -> str | None:
     """Speedup and test accuracy against rate for one MLP size; None (and the reason) when runs are missing."""
     cells = [c for c in comparable_cells(runs, "mlp", []) if c.arch == arch and isinstance(c.rate, float)]
@@ -71,16 +83,13 @@ def fig5(runs: list[Run], path: Path, arch: str, notes: list[str]) -> str | None
         have = sorted({r.rate_label for r in runs if r.family == "mlp" and r.arch == arch})
         return (f"needs Bernoulli and approximate runs of the {arch} MLP at two or more rates under one "
                 f"protocol; found rates {have or 'none'} for {arch}")
-    protocol = max(usable, key=lambda p: (len(usable[p]), p))
-    if len(usable) > 1:
-        notes.append(f"fig5.png: protocol {protocol} drawn (most rates); also available: "
-                     f"{', '.join(sorted(set(usable) - {protocol}))}")
+    protocol = _busiest_protocol(usable, "fig5.png", "rates", notes)
     cs = sorted(usable[protocol], key=lambda c: c.rate)
     variants = _fig5_variants(cs, notes)
     plt = pyplot()
     fig, (ax_s, ax_a) = plt.subplots(1, 2, figsize=(10, 4))
     for v in variants:
-        kind = v.split(" ")[0]
+        kind = variant_kind(v)
         xs, ms, ss = [], [], []
         for c in cs:
             m, s, _ = mean_std([p.speedup() for p in c.pairs(v)])
@@ -97,7 +106,7 @@ def fig5(runs: list[Run], path: Path, arch: str, notes: list[str]) -> str | None
     ax_s.axhline(1.0, color="grey", linewidth=0.8)
     ax_s.set(xlabel="drop rate", ylabel="training-time speedup vs Bernoulli", title=f"{arch}: speedup")
     for v in ["bernoulli", *variants]:
-        kind = v.split(" ")[0]
+        kind = variant_kind(v)
         xs, ms, ss = [], [], []
         for c in cs:
             m, s, _ = mean_std([r.final("test_acc") for r in c.runs.get(v, {}).values()])
@@ -129,7 +138,7 @@ def _fig5_variants(cells: list[Cell], notes: list[str]) -> list[str]:
     """
     by_kind = defaultdict(list)
     for v in {v for c in cells for v in c.approx_variants()}:
-        by_kind[v.split(" ")[0]].append(v)
+        by_kind[variant_kind(v)].append(v)
     chosen = []
     for kind in sorted(by_kind, key=variant_order):
         def score(v):
@@ -254,10 +263,7 @@ def table2_points(runs: list[Run], notes: list[str]) -> tuple[str | None, list[d
                     "speedup": p.speedup(), "eq_val_ppl": p.at_equal_time("val_ppl")})
     if not by_protocol:
         return None, []
-    protocol = max(by_protocol, key=lambda k: (len(by_protocol[k]), k))
-    if len(by_protocol) > 1:
-        notes.append(f"table2.png: protocol {protocol} drawn (most pairs); also available: "
-                     f"{', '.join(sorted(set(by_protocol) - {protocol}))}")
+    protocol = _busiest_protocol(by_protocol, "table2.png", "pairs", notes)
     return protocol, by_protocol[protocol]
 
 
@@ -275,7 +281,7 @@ def table2_fig(runs: list[Run], path: Path, notes: list[str]) -> str | None:
     fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4.6), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         for i, v in enumerate(variants):
-            kind = v.split(" ")[0]
+            kind = variant_kind(v)
             for j, rate in enumerate(rates):
                 pts = [p for p in points if p["arch"] == arch and p["variant"] == v and p["rate"] == rate]
                 if not pts:

@@ -237,6 +237,14 @@ def label_variants(runs: list[Run]) -> None:
             r.variant = r.kind
 
 
+def variant_kind(variant: str) -> str:
+    """The dropout kind a `label_variants` label names (`row` for `row (groups=1, ...)`).
+
+    Why: the paper's rows and the figures' colours go by kind, not by variant.
+    """
+    return variant.split(" ")[0]
+
+
 def _detail(r: Run) -> tuple:
     search = r.choices.get("search") or {}
     return (r.choices.get("groups"), search.get("method"), search.get("max_dp"))

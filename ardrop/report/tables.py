@@ -8,7 +8,7 @@ from ardrop import paper_numbers as paper
 
 from .compare import arch_order, comparable_cells, mean_std
 from .markdown import fmt_ms, fmt_num, machines_line, md_table, protocol_line
-from .runs import Run
+from .runs import Run, variant_kind
 
 
 _DEFINITIONS = (
@@ -42,7 +42,7 @@ def _coverage(cells, paper_rows: list[tuple], row_of, metric: str) -> list[str]:
     seen = defaultdict(list)
     for c in cells:
         for v in c.approx_variants():
-            key = row_of(c, v.split(" ")[0])
+            key = row_of(c, variant_kind(v))
             seeds = [str(p.base.seed) for p in c.pairs(v)
                      if p.base.final(metric) is not None and p.approx.final(metric) is not None]
             if key is not None and seeds:
@@ -113,7 +113,7 @@ def table1(runs: list[Run], notes: list[str], target_acc: float | None = None) -
     def row(c, v, base, approx):
         b_mean, b_std, b_n = mean_std([r.final("test_acc") for r in base])
         a_mean, a_std, a_n = mean_std([r.final("test_acc") for r in approx])
-        pp = paper.TABLE1.get((c.arch, c.rate, v.split(" ")[0])) if isinstance(c.rate, float) else None
+        pp = paper.TABLE1.get((c.arch, c.rate, variant_kind(v))) if isinstance(c.rate, float) else None
         delta = None if a_mean is None or b_mean is None else 100 * (a_mean - b_mean)
         return [
             c.rate_label, c.arch, v, fmt_ms(b_mean, b_std, b_n, 100), fmt_ms(a_mean, a_std, a_n, 100),
@@ -150,7 +150,7 @@ def table2(runs: list[Run], notes: list[str], target_ppl: float | None = None) -
         ratio = None if ap[0] is None or bp[0] is None else ap[0] / bp[0]
         dacc = None if aa[0] is None or ba[0] is None else 100 * (aa[0] - ba[0])
         pp = paper_table2_row(c.arch, c.rate)
-        kind = v.split(" ")[0]
+        kind = variant_kind(v)
         return [
             c.arch, c.rate_label, v, fmt_ms(*bp), fmt_ms(*ap), fmt_num(ratio, 3),
             fmt_ms(*ba, scale=100), fmt_ms(*aa, scale=100), fmt_num(dacc, sign=True),
